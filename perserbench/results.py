@@ -1,0 +1,167 @@
+"""The one result schema: :class:`RunResult`, written as versioned JSON.
+
+A result file holds everything needed to regenerate every figure built from it: the
+per-episode metrics are the primary data; per-listener aggregates and the summary are derived
+from them (and :func:`validate` recomputes them). Files are written atomically (temp file in
+the same directory + ``os.replace``) so an interrupted run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from perserbench.errors import PerserbenchError
+
+SCHEMA_VERSION = 1
+METRICS = ("macro_f1", "micro_f1", "top1")
+PRIMARY_METRIC = "macro_f1"
+
+
+@dataclass(frozen=True)
+class EpisodeRecord:
+    """Metrics of one method on one episode. ``seed`` is the method's training seed."""
+
+    fold: int
+    listener: str
+    scenario: str
+    shots: int
+    episode: int
+    seed: int
+    n_support: int
+    n_query: int
+    macro_f1: float
+    micro_f1: float
+    top1: float
+
+
+@dataclass(frozen=True)
+class ListenerRecord:
+    """Mean over a listener's episodes (and seeds) for one (scenario, shots) cell."""
+
+    listener: str
+    scenario: str
+    shots: int
+    n_episodes: int
+    macro_f1: float
+    micro_f1: float
+    top1: float
+
+
+@dataclass(frozen=True)
+class SummaryRecord:
+    """Headline for one (scenario, shots, metric): mean over listeners, hierarchical-bootstrap CI."""
+
+    scenario: str
+    shots: int
+    metric: str
+    mean: float
+    ci_low: float
+    ci_high: float
+    n_listeners: int
+    n_episodes: int
+
+
+@dataclass
+class RunResult:
+    schema_version: int
+    perserbench_version: str
+    git_revision: str | None
+    task: dict[str, Any]  # name, version, hash
+    method: dict[str, Any]  # name, config, config_hash
+    seeds: list[int]
+    scenarios: list[str]
+    shots: list[int]
+    episodes: list[EpisodeRecord]
+    listeners: list[ListenerRecord]
+    summary: list[SummaryRecord]
+    wall_time_s: float
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def method_name(self) -> str:
+        return str(self.method["name"])
+
+    @property
+    def task_name(self) -> str:
+        return str(self.task["name"])
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> RunResult:
+        if not isinstance(data, dict):
+            raise PerserbenchError(f"{source}: not a RunResult (expected a JSON object)")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise PerserbenchError(
+                f"{source}: schema_version {version!r} is not supported (expected {SCHEMA_VERSION}); "
+                "re-run the method with this perserbench version"
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(names - set(data) - {"environment"})
+        if missing:
+            raise PerserbenchError(f"{source}: RunResult is missing field(s) {', '.join(missing)}")
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise PerserbenchError(f"{source}: RunResult has unknown field(s) {', '.join(unknown)}")
+        try:
+            kwargs = dict(data)
+            kwargs["episodes"] = [EpisodeRecord(**r) for r in data["episodes"]]
+            kwargs["listeners"] = [ListenerRecord(**r) for r in data["listeners"]]
+            kwargs["summary"] = [SummaryRecord(**r) for r in data["summary"]]
+        except TypeError as exc:
+            raise PerserbenchError(f"{source}: malformed record in RunResult ({exc})") from None
+        return cls(**kwargs)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see either the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_result(result: RunResult, path: Path) -> Path:
+    write_atomic(path, result.to_json())
+    return path
+
+
+def load_result(path: Path) -> RunResult:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PerserbenchError(f"{path}: result file not found") from None
+    except json.JSONDecodeError as exc:
+        raise PerserbenchError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    return RunResult.from_dict(data, source=str(path))
+
+
+def find_result_files(paths: list[Path]) -> list[Path]:
+    """Expand directories into the ``*.json`` result files under them (sorted, recursive)."""
+    files: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            files.extend(sorted(q for q in p.rglob("*.json") if not q.name.startswith(".")))
+        elif p.exists():
+            files.append(p)
+        else:
+            raise PerserbenchError(f"{p}: no such result file or directory")
+    if not files:
+        raise PerserbenchError(f"no result files (*.json) found in {', '.join(map(str, paths))}")
+    return files
