@@ -1,0 +1,87 @@
+"""The downstream head and loss shared by every built-in method (DESIGN §3).
+
+One head for all methods keeps comparisons about *how a model is personalized*, not about
+architectures: optional learned softmax-weighted sum over upstream layers → Linear → ReLU →
+Dropout → Linear(C), on features standardised with statistics of the fold's training
+utterances only. The loss is multi-label BCE with per-class positive weights from the label
+frequencies of the training data, so rare emotions are not ignored under macro-F1.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from perserbench.episodes import MetaTrainSet
+
+MAX_POS_WEIGHT = 20.0
+
+
+class EmotionHead(nn.Module):
+    """Utterance-level multi-label classifier over ``[N, L, D]`` features."""
+
+    def __init__(self, n_layers: int, dim: int, n_classes: int, hidden: int = 256,
+                 dropout: float = 0.2, layer_weights: bool = True) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_layers, dim))
+        self.register_buffer("std", torch.ones(n_layers, dim))
+        # Learned only when enabled; otherwise a uniform average over layers.
+        self.layer_logits = nn.Parameter(torch.zeros(n_layers), requires_grad=layer_weights)
+        self.hidden = nn.Linear(dim, hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, n_classes)
+
+    def set_standardizer(self, x: torch.Tensor) -> None:
+        """Fix the feature standardisation from training utterances ``x`` [U, L, D]."""
+        self.mean.copy_(x.mean(dim=0))
+        self.std.copy_(x.std(dim=0).clamp(min=1e-5))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Hidden representation [N, hidden] (used by prototype-based methods)."""
+        z = (x - self.mean) / self.std
+        w = torch.softmax(self.layer_logits, dim=0)
+        pooled = torch.einsum("nld,l->nd", z, w)
+        return self.dropout(torch.relu(self.hidden(pooled)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.embed(x))
+
+
+def head_for(train: MetaTrainSet, hidden: int, dropout: float, layer_weights: bool) -> EmotionHead:
+    """A fresh head shaped for ``train``'s features, standardised on its utterances."""
+    _, n_layers, dim = train.x.shape
+    head = EmotionHead(n_layers, dim, train.n_classes, hidden, dropout, layer_weights)
+    head.set_standardizer(train.x)
+    return head
+
+
+def positive_weights(y: torch.Tensor) -> torch.Tensor:
+    """Per-class BCE positive weight = negatives / positives, clipped to [1, 20] so that a
+    class seen once cannot dominate the loss."""
+    pos = y.sum(dim=0)
+    neg = y.shape[0] - pos
+    return (neg / pos.clamp(min=1.0)).clamp(1.0, MAX_POS_WEIGHT)
+
+
+def balanced_bce(logits: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
+    return nn.functional.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
+
+
+def fit_head(head: EmotionHead, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float,
+             batch_size: int, weight_decay: float, seed: int,
+             pos_weight: torch.Tensor | None = None) -> EmotionHead:
+    """Minibatch Adam on (x, y); deterministic for a seed. Leaves the head in eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    weights = positive_weights(y) if pos_weight is None else pos_weight
+    params = [p for p in head.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    head.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), batch_size):
+            batch = order[start:start + batch_size]
+            optimizer.zero_grad()
+            balanced_bce(head(x[batch]), y[batch], weights).backward()
+            optimizer.step()
+    head.eval()
+    return head

@@ -1,0 +1,130 @@
+"""``perserbench run``, ``perserbench methods`` and ``perserbench tasks``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from perserbench.cli import app
+from perserbench.errors import PerserbenchError
+from perserbench.results import RunResult
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def parse_options(pairs: list[str] | None, what: str) -> dict[str, str]:
+    """``key=value`` strings → dict, naming a malformed pair."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise PerserbenchError(f"{what} {pair!r} must look like key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def corpus_options(root: Path | None, options: list[str] | None) -> dict[str, object]:
+    parsed: dict[str, object] = dict(parse_options(options, "--corpus-option"))
+    if root is not None:
+        parsed["root"] = str(root)
+    return parsed
+
+
+def result_table(result: RunResult) -> Table:
+    """Per (scenario, K): mean macro-F1 with 95% CI, micro-F1, top-1, listeners, episodes."""
+    table = Table(title=f"{result.method_name} on {result.task_name} (task hash {result.task['hash']})")
+    for col in ("scenario", "K", "macro-F1 [95% CI]", "micro-F1", "top-1", "listeners", "episodes"):
+        table.add_column(col, justify="left" if col == "scenario" else "right")
+    by_cell: dict[tuple[str, int], dict[str, object]] = {}
+    for rec in result.summary:
+        by_cell.setdefault((rec.scenario, rec.shots), {})[rec.metric] = rec
+    for (scenario, k), metrics in sorted(by_cell.items()):
+        m = metrics["macro_f1"]
+        table.add_row(scenario, str(k), f"{m.mean:.3f} [{m.ci_low:.3f}, {m.ci_high:.3f}]",
+                      f"{metrics['micro_f1'].mean:.3f}", f"{metrics['top1'].mean:.3f}",
+                      str(m.n_listeners), str(m.n_episodes))
+    return table
+
+
+@app.command("run")
+def run_command(
+    method: Annotated[str, typer.Option("--method", "-m", help="Registered method name (see `perserbench methods`).")] = "consensus",
+    task: Annotated[str, typer.Option("--task", "-t", help="Task name in tasks/ or path to a task .toml.")] = "synthetic",
+    shots: Annotated[list[int] | None, typer.Option("--shots", "-k", help="Shot count(s) K; repeat the option for several. Default: all of the task's.")] = None,
+    scenario: Annotated[str, typer.Option("--scenario", help="seen, unseen or both.")] = "both",
+    seeds: Annotated[list[int] | None, typer.Option("--seed", "--seeds", help="Method training seed(s); repeat for several.")] = None,
+    config: Annotated[list[str] | None, typer.Option("--config", "-c", help="Method config override key=value; repeatable.")] = None,
+    root: Annotated[Path | None, typer.Option("--root", help="Corpus root directory (real corpora).")] = None,
+    corpus_option: Annotated[list[str] | None, typer.Option("--corpus-option", help="Corpus loader option key=value; repeatable.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the result JSON.")] = Path("runs"),
+) -> None:
+    """Run one method on one task and write its RunResult JSON."""
+    from perserbench.registry import get_method
+    from perserbench.runner import run, total_steps, write_result
+    from perserbench.tasks import load_task
+
+    get_method(method)  # fail on an unknown method before loading any data
+    scenarios = ["seen", "unseen"] if scenario == "both" else [scenario]
+    if scenario not in ("seen", "unseen", "both"):
+        raise PerserbenchError(f"unknown scenario {scenario!r}; choose seen, unseen or both")
+    resolved = load_task(task, corpus_options(root, corpus_option))
+    shot_list = list(shots) if shots else list(resolved.spec.episodes.shots)
+    seed_list = list(seeds) if seeds else [0]
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        job = bar.add_task(f"{method} on {resolved.spec.name}", total=total_steps(resolved, shot_list, scenarios, seed_list))
+        result = run(method, resolved, shot_list, scenarios, seed_list, parse_options(config, "--config"),
+                     progress=lambda desc, n: bar.update(job, description=desc, advance=n))
+    path = write_result(result, out)
+    console.print(result_table(result))
+    console.print(f"wrote {path}  ({result.wall_time_s:.1f} s)")
+
+
+@app.command("methods")
+def methods_command() -> None:
+    """List registered methods with their config fields and defaults."""
+    from perserbench.registry import config_fields, get_method, method_names, method_source
+
+    for name in method_names():
+        cls = get_method(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        table = Table(title=f"[bold]{name}[/bold] — {doc}  [dim]({method_source(name)})[/dim]",
+                      title_justify="left", show_edge=False)
+        table.add_column("option")
+        table.add_column("default", justify="right")
+        table.add_column("why")
+        for f in config_fields(name):
+            table.add_row(f.name, repr(f.default), f.doc)
+        console.print(table)
+
+
+@app.command("tasks")
+def tasks_command(
+    root: Annotated[Path | None, typer.Option("--root", help="Resolve tasks of this corpus root too.")] = None,
+) -> None:
+    """List tasks with listeners, folds, scenarios, shots and split hash."""
+    from perserbench.tasks import load_task_spec, resolve_task, task_names
+
+    table = Table(title="tasks")
+    for col in ("task", "version", "corpus", "features", "listeners", "folds", "scenarios", "shots", "hash"):
+        table.add_column(col)
+    for name in task_names():
+        spec = load_task_spec(name)
+        listeners, hash_ = "-", "-"
+        try:
+            resolved = resolve_task(spec, {"root": str(root)} if root else None)
+            tested = {x for f in resolved.folds for v in f.test.values() for x in v}
+            listeners = f"{len(tested)} tested / {len(resolved.corpus.listeners)}"
+            hash_ = resolved.hash
+        except PerserbenchError as exc:  # e.g. a real corpus whose files are not here
+            listeners = f"[dim]{str(exc)[:60]}…[/dim]"
+        table.add_row(name, spec.version, spec.corpus.name, spec.corpus.features, listeners,
+                      str(spec.listeners.folds), ",".join(spec.episodes.scenarios),
+                      ",".join(map(str, spec.episodes.shots)), hash_)
+    console.print(table)

@@ -1,0 +1,208 @@
+"""The one episode sampler, the data handed to methods, and the leakage guards (DESIGN §2).
+
+Every method sees exactly the same episodes: an episode is a pure function of the task spec's
+seed and (listener, scenario, episode index). Supports are *nested* across shot counts and the
+query set is shared by all K of an episode, so score-vs-shots curves are paired too.
+
+Methods never receive the corpus. They get a :class:`MetaTrainSet` (meta-train listeners'
+labels on training-pool utterances only), a :class:`LabelledItems` support set, and
+:class:`Items` query sets that carry no labels at all, so adaptation cannot read query labels.
+Each object is checked against the invariants when it is built; a violation raises
+:class:`LeakageError`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+
+from perserbench.errors import LeakageError, PerserbenchError
+from perserbench.tasks import SCENARIOS, ListenerFold, ResolvedTask
+
+
+@dataclass(frozen=True)
+class Episode:
+    """K support + Q query annotation rows (indices into ``corpus.annotations``) of one listener."""
+
+    fold: int
+    listener: str
+    scenario: str
+    shots: int
+    index: int
+    support: np.ndarray
+    query: np.ndarray
+
+    @property
+    def key(self) -> tuple[int, str, str, int, int]:
+        return (self.fold, self.listener, self.scenario, self.shots, self.index)
+
+
+@dataclass(frozen=True)
+class Items:
+    """Unlabelled items to predict: features [n, L, D] and their utterance indices (the latter
+    only so the synthetic ``oracle`` can look up ground truth)."""
+
+    x: torch.Tensor
+    utterance_index: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclass(frozen=True)
+class LabelledItems(Items):
+    """Items of one listener with that listener's multi-hot labels ``y`` [n, C]."""
+
+    y: torch.Tensor
+    listener: str
+
+    def unlabelled(self) -> Items:
+        return Items(self.x, self.utterance_index)
+
+
+class MetaTrainSet:
+    """What a method may learn from in one fold: meta-train listeners' annotations on
+    training-pool utterances, and the fold's consensus labels computed from those only.
+
+    ``x`` holds the features of the training-pool utterances that meta-train listeners
+    labelled; annotation ``a`` is ``(utterance[a] → row of x, listener[a], y[a])``.
+    """
+
+    def __init__(self, task: ResolvedTask, fold: ListenerFold) -> None:
+        ann = task.corpus.annotations
+        train_listeners = np.array(fold.train, dtype=object)
+        rows = np.flatnonzero(np.isin(ann.listener, train_listeners) & task.train_pool[ann.utterance])
+        check_meta_train(task, fold, rows)
+        utts, local = np.unique(ann.utterance[rows], return_inverse=True)
+        self.task_name = task.spec.name
+        self.labels: tuple[str, ...] = task.corpus.vocabulary
+        self.listeners: tuple[str, ...] = tuple(sorted(set(ann.listener[rows].tolist())))
+        self.utterance_index = utts
+        self.x = torch.from_numpy(np.ascontiguousarray(task.features[utts]))
+        self.utterance = torch.from_numpy(local.astype(np.int64))
+        listener_pos = {name: i for i, name in enumerate(self.listeners)}
+        self.listener = torch.tensor([listener_pos[n] for n in ann.listener[rows]], dtype=torch.long)
+        self.y = torch.from_numpy(ann.labels[rows].astype(np.float32))
+        self.consensus_threshold = task.spec.consensus.threshold
+        # Ground truth of a synthetic corpus, for the `oracle` reference only.
+        self.truth: Any = task.corpus.truth
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.labels)
+
+    @cached_property
+    def consensus(self) -> torch.Tensor:
+        """Consensus label per training utterance [U, C]: classes chosen by at least
+        ``threshold`` of the meta-train listeners who labelled it; an utterance where no class
+        reaches it takes its most-chosen class(es), so every utterance keeps a label."""
+        counts = torch.zeros(len(self.x), self.n_classes).index_add_(0, self.utterance, self.y)
+        raters = torch.bincount(self.utterance, minlength=len(self.x)).clamp(min=1).unsqueeze(1)
+        share = counts / raters
+        labels = share >= self.consensus_threshold - 1e-9
+        top = share == share.max(dim=1, keepdim=True).values
+        return torch.where(labels.any(dim=1, keepdim=True), labels, top).float()
+
+    def listener_items(self, listener: str) -> LabelledItems:
+        """All training annotations of one meta-train listener (for episodic meta-learning)."""
+        rows = torch.nonzero(self.listener == self.listeners.index(listener)).squeeze(1)
+        utt = self.utterance[rows]
+        return LabelledItems(self.x[utt], self.utterance_index[utt.numpy()], self.y[rows], listener)
+
+
+def _stable_int(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def sample_episodes(task: ResolvedTask, fold: ListenerFold, scenario: str, shots: int) -> list[Episode]:
+    """The fixed episodes of every test listener of ``fold`` for (scenario, shots)."""
+    spec = task.spec.episodes
+    if scenario not in spec.scenarios:
+        raise PerserbenchError(
+            f"scenario {scenario!r} is not part of task {task.spec.name!r} (scenarios: {', '.join(spec.scenarios)})"
+        )
+    if shots not in spec.shots:
+        raise PerserbenchError(
+            f"K={shots} is not a shot count of task {task.spec.name!r} (shots: "
+            f"{', '.join(map(str, spec.shots))}); fixed shot counts keep results comparable"
+        )
+    k_max = task.spec.max_shots
+    out = []
+    for listener in fold.test[scenario]:
+        rows = task.listener_rows(listener, scenario)
+        if len(rows) < shots + spec.min_query:
+            raise PerserbenchError(
+                f"listener {listener!r} has {len(rows)} labels in scenario {scenario!r}, fewer than "
+                f"K={shots} + min_query={spec.min_query}"
+            )
+        n_query = min(spec.query, len(rows) - k_max)
+        for e in range(spec.episodes):
+            rng = np.random.default_rng([spec.seed, _stable_int(listener), SCENARIOS.index(scenario), e])
+            perm = rows[rng.permutation(len(rows))]
+            episode = Episode(fold.index, listener, scenario, shots, e,
+                              support=np.sort(perm[n_query:n_query + shots]), query=np.sort(perm[:n_query]))
+            check_episode(task, fold, episode)
+            out.append(episode)
+    return out
+
+
+def all_episodes(task: ResolvedTask) -> Iterator[Episode]:
+    for fold in task.folds:
+        for scenario in task.spec.episodes.scenarios:
+            for shots in task.spec.episodes.shots:
+                yield from sample_episodes(task, fold, scenario, shots)
+
+
+def check_meta_train(task: ResolvedTask, fold: ListenerFold, rows: np.ndarray) -> None:
+    """No test listener's label and no held-out utterance may enter meta-training."""
+    ann = task.corpus.annotations
+    tested = set().union(*map(set, fold.test.values()))
+    overlap = tested & set(fold.train)
+    if overlap:
+        raise LeakageError(f"fold {fold.index}: test listener(s) {sorted(overlap)[:3]} are also meta-train listeners")
+    leaked = tested & set(ann.listener[rows].tolist())
+    if leaked:
+        raise LeakageError(f"fold {fold.index}: labels of test listener(s) {sorted(leaked)[:3]} are in the meta-train set")
+    if not task.train_pool[ann.utterance[rows]].all():
+        raise LeakageError(f"fold {fold.index}: held-out utterances are in the meta-train set")
+
+
+def check_episode(task: ResolvedTask, fold: ListenerFold, episode: Episode) -> None:
+    """Support ∩ query = ∅ (rows and utterances); both belong to the listener and to the
+    scenario's pool; the listener is a test listener of the fold, never a meta-train one."""
+    ann = task.corpus.annotations
+    where = f"episode {episode.key}"
+    if np.intersect1d(episode.support, episode.query).size or np.intersect1d(
+        ann.utterance[episode.support], ann.utterance[episode.query]
+    ).size:
+        raise LeakageError(f"{where}: support and query share items")
+    if episode.listener in fold.train:
+        raise LeakageError(f"{where}: listener {episode.listener!r} is a meta-train listener of fold {fold.index}")
+    rows = np.concatenate([episode.support, episode.query])
+    if (ann.listener[rows] != episode.listener).any():
+        raise LeakageError(f"{where}: items labelled by another listener")
+    in_train = task.train_pool[ann.utterance[rows]]
+    if episode.scenario == "unseen" and in_train.any():
+        raise LeakageError(f"{where}: unseen-scenario items come from the training pool")
+    if episode.scenario == "seen" and not in_train.all():
+        raise LeakageError(f"{where}: seen-scenario items come from the held-out pool")
+
+
+def episode_items(task: ResolvedTask, episode: Episode) -> tuple[LabelledItems, Items, np.ndarray]:
+    """(support with labels, query without labels, query truth) for one episode."""
+    ann = task.corpus.annotations
+
+    def take(rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        utts = ann.utterance[rows]
+        return torch.from_numpy(np.ascontiguousarray(task.features[utts])), utts
+
+    sx, su = take(episode.support)
+    qx, qu = take(episode.query)
+    support = LabelledItems(sx, su, torch.from_numpy(ann.labels[episode.support].astype(np.float32)), episode.listener)
+    return support, Items(qx, qu), ann.labels[episode.query]

@@ -1,0 +1,140 @@
+"""Method registry, after lm-evaluation-harness: built-ins register with a decorator in
+``methods/``; third-party packages expose an entry point in group ``perserbench.methods``
+(the entry point's object is the method class, or a module that registers on import).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+import typing
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Callable
+
+from perserbench.errors import PerserbenchError
+from perserbench.method import Method
+
+ENTRY_POINT_GROUP = "perserbench.methods"
+_REGISTRY: dict[str, type[Method]] = {}
+_SOURCES: dict[str, str] = {}
+_loaded = False
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: make a :class:`Method` subclass available as ``name``."""
+
+    def decorate(cls: type[Method]) -> type[Method]:
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise TypeError(f"@register_method({name!r}) must decorate a Method subclass")
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing.__qualname__ != cls.__qualname__:
+            raise ValueError(f"method name {name!r} is already registered by {existing.__module__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        _SOURCES.setdefault(name, cls.__module__)
+        return cls
+
+    return decorate
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import methods
+
+    for info in pkgutil.iter_modules(methods.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"methods.{info.name}")
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plugin must not hide the built-ins
+            raise PerserbenchError(
+                f"entry point {ep.name!r} ({ep.value}) in group {ENTRY_POINT_GROUP} failed to load: {exc}"
+            ) from exc
+        if isinstance(obj, type) and issubclass(obj, Method) and ep.name not in _REGISTRY:
+            register_method(ep.name)(obj)
+        dist = getattr(ep, "dist", None)
+        _SOURCES[ep.name] = f"plugin {dist.name if dist else ep.value}"
+
+
+def method_names() -> list[str]:
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> type[Method]:
+    _load_all()
+    if name not in _REGISTRY:
+        raise PerserbenchError(f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def method_source(name: str) -> str:
+    _load_all()
+    return _SOURCES.get(name, "")
+
+
+@dataclass(frozen=True)
+class ConfigField:
+    name: str
+    type: str
+    default: Any
+    doc: str
+
+
+def config_fields(name: str) -> list[ConfigField]:
+    """Fields of a method's Config with defaults and the per-field reason (``metadata['doc']``)."""
+    cls = get_method(name).Config
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        out.append(ConfigField(f.name, str(f.type), default, f.metadata.get("doc", "")))
+    return out
+
+
+def make_config(name: str, overrides: dict[str, str] | None = None) -> Any:
+    """The method's Config with ``key=value`` string overrides parsed to the field types."""
+    cls = get_method(name).Config
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, raw in (overrides or {}).items():
+        if key not in fields:
+            raise PerserbenchError(
+                f"method {name!r} has no config option {key!r} (options: {', '.join(sorted(fields)) or 'none'})"
+            )
+        kwargs[key] = _parse_value(name, key, raw, hints[key])
+    return cls(**kwargs)
+
+
+def _parse_value(method: str, key: str, raw: str, hint: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        if raw.lower() in {"none", "null"}:
+            return None
+        hint = args[0]
+    try:
+        if hint is bool:
+            if raw.lower() not in {"true", "false", "1", "0", "yes", "no"}:
+                raise ValueError(raw)
+            return raw.lower() in {"true", "1", "yes"}
+        if hint in (int, float, str):
+            return hint(raw)
+        if typing.get_origin(hint) is tuple:
+            return tuple(typing.get_args(hint)[0](v) for v in raw.split(",") if v)
+    except ValueError:
+        raise PerserbenchError(f"method {method!r}: config {key}={raw!r} is not a valid {hint.__name__}") from None
+    return raw
+
+
+def create_method(name: str, overrides: dict[str, str] | None = None, seed: int = 0) -> Method:
+    return get_method(name)(make_config(name, overrides), seed=seed)

@@ -1,0 +1,342 @@
+"""Tasks as data (DESIGN §2, "Task spec"): TOML files in ``tasks/`` → validated specs →
+resolved splits with a content hash.
+
+A spec fixes everything that makes two papers' numbers comparable: corpus and label set,
+feature key, listener folds, the utterance (held-out) split, scenarios, shot counts, query
+size, number of episodes and the episode seed. :func:`resolve_task` turns it into concrete
+listener folds, utterance pools and episodes, and hashes their *content*, so results are only
+ever compared on identical splits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perserbench.data import Corpus, load_corpus
+from perserbench.errors import PerserbenchError
+
+SCENARIOS = ("seen", "unseen")
+SPLIT_FIELDS = ("session", "speaker")
+
+
+def tasks_dir() -> Path:
+    """The folder of bundled task specs (``$PERSERBENCH_TASKS`` overrides it)."""
+    override = os.environ.get("PERSERBENCH_TASKS")
+    return Path(override) if override else Path(__file__).resolve().parent.parent / "tasks"
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    name: str
+    labels: tuple[str, ...]
+    features: str
+    label_map: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ListenerSpec:
+    folds: int
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class UtteranceSpec:
+    split: str
+    heldout: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    shots: tuple[int, ...]
+    scenarios: tuple[str, ...] = SCENARIOS
+    query: int = 20
+    min_query: int = 10
+    episodes: int = 10
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ConsensusSpec:
+    threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    version: str
+    corpus: CorpusSpec
+    listeners: ListenerSpec
+    utterances: UtteranceSpec
+    episodes: EpisodeSpec
+    consensus: ConsensusSpec = ConsensusSpec()
+    description: str = ""
+    source: str = "<memory>"
+
+    @property
+    def max_shots(self) -> int:
+        return max(self.episodes.shots)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("source")
+        data.pop("description")  # prose; must not change the hash
+        return data
+
+
+def _build(cls: type, table: Any, where: str, source: str) -> Any:
+    """Instantiate dataclass ``cls`` from a TOML table, naming unknown/missing/ill-typed keys."""
+    if not isinstance(table, dict):
+        raise PerserbenchError(f"{source}: [{where}] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise PerserbenchError(
+            f"{source}: unknown key '{where + '.' if where else ''}{unknown[0]}' "
+            f"(known keys: {', '.join(sorted(fields))})"
+        )
+    missing = [
+        n for n, f in fields.items()
+        if n not in table and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise PerserbenchError(f"{source}: missing key '{where + '.' if where else ''}{missing[0]}'")
+    kwargs = {}
+    for name, value in table.items():
+        expected = str(fields[name].type)
+        key = f"{where + '.' if where else ''}{name}"
+        if expected.startswith("tuple"):
+            if not isinstance(value, list):
+                raise PerserbenchError(f"{source}: '{key}' must be a list, got {value!r}")
+            value = tuple(value)
+        elif expected.startswith("dict") and not isinstance(value, dict):
+            raise PerserbenchError(f"{source}: '{key}' must be a table, got {value!r}")
+        elif expected == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+            raise PerserbenchError(f"{source}: '{key}' must be an integer, got {value!r}")
+        elif expected == "float" and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise PerserbenchError(f"{source}: '{key}' must be a number, got {value!r}")
+        elif expected == "str" and not isinstance(value, str):
+            raise PerserbenchError(f"{source}: '{key}' must be a string, got {value!r}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def parse_task(data: dict[str, Any], source: str = "<memory>") -> TaskSpec:
+    """Validate a task table (as read from TOML) into a :class:`TaskSpec`."""
+    sections = {"corpus": CorpusSpec, "listeners": ListenerSpec, "utterances": UtteranceSpec,
+                "episodes": EpisodeSpec, "consensus": ConsensusSpec}
+    top = {k: v for k, v in data.items() if k not in sections}
+    spec_kwargs = {k: _build(cls, data[k], k, source) for k, cls in sections.items() if k in data}
+    for name in ("corpus", "listeners", "utterances", "episodes"):
+        if name not in spec_kwargs:
+            raise PerserbenchError(f"{source}: missing table [{name}]")
+    head = _build(_TopLevel, top, "", source)
+    spec = TaskSpec(name=head.name, version=head.version, description=head.description,
+                    source=source, **spec_kwargs)
+    _check_values(spec)
+    return spec
+
+
+@dataclass(frozen=True)
+class _TopLevel:
+    name: str
+    version: str
+    description: str = ""
+
+
+def _check_values(spec: TaskSpec) -> None:
+    src, ep = spec.source, spec.episodes
+    if not spec.corpus.labels or len(set(spec.corpus.labels)) != len(spec.corpus.labels):
+        raise PerserbenchError(f"{src}: 'corpus.labels' must be a non-empty list of distinct names")
+    if spec.listeners.folds < 1:
+        raise PerserbenchError(f"{src}: 'listeners.folds' must be >= 1, got {spec.listeners.folds}")
+    if spec.utterances.split not in SPLIT_FIELDS:
+        raise PerserbenchError(
+            f"{src}: 'utterances.split' must be one of {', '.join(SPLIT_FIELDS)}, got {spec.utterances.split!r}"
+        )
+    bad = [s for s in ep.scenarios if s not in SCENARIOS]
+    if bad or not ep.scenarios:
+        raise PerserbenchError(f"{src}: 'episodes.scenarios' must be a subset of {list(SCENARIOS)}, got {list(ep.scenarios)}")
+    if not ep.shots or any(not isinstance(k, int) or k < 1 for k in ep.shots):
+        raise PerserbenchError(f"{src}: 'episodes.shots' must be positive integers, got {list(ep.shots)}")
+    for key in ("query", "min_query", "episodes"):
+        if getattr(ep, key) < 1:
+            raise PerserbenchError(f"{src}: 'episodes.{key}' must be >= 1, got {getattr(ep, key)}")
+    if ep.min_query > ep.query:
+        raise PerserbenchError(f"{src}: 'episodes.min_query' ({ep.min_query}) exceeds 'episodes.query' ({ep.query})")
+    if not 0.0 < spec.consensus.threshold <= 1.0:
+        raise PerserbenchError(f"{src}: 'consensus.threshold' must be in (0, 1], got {spec.consensus.threshold}")
+
+
+def task_names() -> list[str]:
+    return sorted(p.stem for p in tasks_dir().glob("*.toml"))
+
+
+def load_task_spec(name_or_path: str | Path) -> TaskSpec:
+    """A bundled task by name (``tasks/<name>.toml``) or any TOML file by path."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = tasks_dir() / f"{name_or_path}.toml"
+        if not path.exists():
+            raise PerserbenchError(
+                f"unknown task {str(name_or_path)!r}; known tasks: {', '.join(task_names())} "
+                "(or pass the path of a .toml task file)"
+            )
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PerserbenchError(f"{path}: task file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PerserbenchError(f"{path}: malformed TOML ({exc})") from None
+    return parse_task(data, source=str(path))
+
+
+@dataclass(frozen=True)
+class ListenerFold:
+    """One rotation of the listener split. ``test[scenario]`` are the fold's test listeners
+    eligible in that scenario; ``train`` are all listeners outside the fold."""
+
+    index: int
+    train: tuple[str, ...]
+    test: dict[str, tuple[str, ...]]
+
+
+@dataclass
+class ResolvedTask:
+    """A task made concrete on a loaded corpus: features, pools, folds and eligibility.
+
+    Episodes are drawn from this by :mod:`perserbench.episodes`; the content hash covers the
+    spec, the annotations, the pools, the folds and every episode's support/query items.
+    """
+
+    spec: TaskSpec
+    corpus: Corpus
+    features: np.ndarray  # float32 [N, L, D]
+    train_pool: np.ndarray  # bool [N]: utterance may be used for training
+    folds: tuple[ListenerFold, ...]
+
+    @property
+    def heldout_pool(self) -> np.ndarray:
+        return ~self.train_pool
+
+    def scenario_pool(self, scenario: str) -> np.ndarray:
+        return self.train_pool if scenario == "seen" else self.heldout_pool
+
+    def listener_rows(self, listener: str, scenario: str) -> np.ndarray:
+        """Annotation rows of ``listener`` on utterances of the scenario's pool."""
+        ann = self.corpus.annotations
+        mask = (ann.listener == listener) & self.scenario_pool(scenario)[ann.utterance]
+        return np.flatnonzero(mask)
+
+    @cached_property
+    def hash(self) -> str:
+        from perserbench.episodes import all_episodes  # episodes depend on this module
+
+        digest = hashlib.sha256()
+        digest.update(json.dumps(self.spec.as_dict(), sort_keys=True, default=list).encode())
+        ann = self.corpus.annotations
+        ids = self.corpus.utterance_ids
+        digest.update("\n".join(ids.tolist()).encode())
+        digest.update("\n".join(ann.listener.tolist()).encode())
+        digest.update(np.ascontiguousarray(ann.utterance, dtype=np.int64).tobytes())
+        digest.update(np.packbits(ann.labels).tobytes())
+        digest.update(self.train_pool.tobytes())
+        for fold in self.folds:
+            digest.update(json.dumps(dataclasses.asdict(fold), sort_keys=True).encode())
+        for ep in all_episodes(self):
+            digest.update(f"{ep.key}".encode())
+            digest.update(np.ascontiguousarray(ep.support, dtype=np.int64).tobytes())
+            digest.update(np.ascontiguousarray(ep.query, dtype=np.int64).tobytes())
+        return digest.hexdigest()[:16]
+
+
+def resolve_task(spec: TaskSpec, corpus_options: dict[str, Any] | None = None) -> ResolvedTask:
+    """Load the corpus, map its labels, and fix pools and listener folds."""
+    options = {**spec.corpus.options, **(corpus_options or {})}
+    corpus = load_corpus(spec.corpus.name, **options).project(spec.corpus.labels, spec.corpus.label_map)
+    features = _features(corpus, spec.corpus.features)
+    train_pool = _train_pool(spec, corpus)
+    folds = _listener_folds(spec, corpus, train_pool)
+    return ResolvedTask(spec, corpus, features, train_pool, folds)
+
+
+def load_task(name_or_path: str | Path, corpus_options: dict[str, Any] | None = None) -> ResolvedTask:
+    return resolve_task(load_task_spec(name_or_path), corpus_options)
+
+
+def _features(corpus: Corpus, key: str) -> np.ndarray:
+    if key in corpus.features:
+        feats = corpus.features[key]
+    else:
+        from perserbench.features.cache import load_cached_features
+
+        feats = load_cached_features(corpus, key)
+    feats = np.asarray(feats, dtype=np.float32)
+    if feats.ndim != 3 or feats.shape[0] != len(corpus.utterances):
+        raise PerserbenchError(
+            f"features {key!r} have shape {feats.shape}; expected [{len(corpus.utterances)}, layers, dim]"
+        )
+    return feats
+
+
+def _train_pool(spec: TaskSpec, corpus: Corpus) -> np.ndarray:
+    field_name = spec.utterances.split
+    values = np.array([getattr(u, field_name) for u in corpus.utterances], dtype=object)
+    present = set(values.tolist())
+    for v in spec.utterances.heldout:
+        if v not in present:
+            raise PerserbenchError(
+                f"{spec.source}: 'utterances.heldout' value {v!r} is not a {field_name} of corpus "
+                f"{corpus.name!r} (known: {', '.join(sorted(map(str, present))[:12])})"
+            )
+    pool = ~np.isin(values, list(spec.utterances.heldout))
+    if pool.all() or not pool.any():
+        raise PerserbenchError(f"{spec.source}: the held-out split leaves an empty training or held-out pool")
+    return pool
+
+
+def _listener_folds(spec: TaskSpec, corpus: Corpus, train_pool: np.ndarray) -> tuple[ListenerFold, ...]:
+    """Rotate eligible listeners through ``folds`` test folds (DESIGN §2).
+
+    Eligible in a scenario = at least ``max(shots) + min_query`` labels in its pool. Listeners
+    eligible nowhere are never tested and always train.
+    """
+    ann = corpus.annotations
+    need = spec.max_shots + spec.episodes.min_query
+    listeners = corpus.listeners
+    eligible: dict[str, set[str]] = {}
+    for scenario in spec.episodes.scenarios:
+        pool = train_pool if scenario == "seen" else ~train_pool
+        in_pool = pool[ann.utterance]
+        names, counts = np.unique(ann.listener[in_pool], return_counts=True)
+        eligible[scenario] = {str(n) for n, c in zip(names, counts) if c >= need}
+        if not eligible[scenario]:
+            best = int(counts.max()) if len(counts) else 0
+            raise PerserbenchError(
+                f"task {spec.name!r}: no listener has >= {need} labels (max shots {spec.max_shots} + "
+                f"min_query {spec.episodes.min_query}) in scenario {scenario!r}; the most any listener "
+                f"has is {best}: lower 'episodes.shots' or 'episodes.min_query'"
+            )
+    testable = sorted(set().union(*eligible.values()))
+    if spec.listeners.folds > len(testable):
+        raise PerserbenchError(
+            f"{spec.source}: 'listeners.folds' = {spec.listeners.folds} but only {len(testable)} "
+            "listeners are eligible for testing; use fewer folds"
+        )
+    order = np.random.default_rng(spec.listeners.seed).permutation(len(testable))
+    folds = []
+    for i, members in enumerate(np.array_split(np.array(testable, dtype=object)[order], spec.listeners.folds)):
+        members = set(members.tolist())
+        test = {s: tuple(sorted(members & eligible[s])) for s in spec.episodes.scenarios}
+        folds.append(ListenerFold(i, tuple(sorted(set(listeners) - members)), test))
+    return tuple(folds)

@@ -1,0 +1,68 @@
+"""Shared fixtures: a tiny registered corpus (``toy``) and task specs built on it, so core
+tests run in milliseconds and do not depend on the synthetic corpus's calibration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from perserbench.data import Annotations, Corpus, Utterance, register_corpus
+
+TOY_LABELS = ("a", "b", "c")
+
+
+@register_corpus("toy")
+def load_toy(seed: int = 0, n_listeners: int = 6, per_session: int = 30, dim: int = 8) -> Corpus:
+    """3 sessions × 2 speakers; every listener labels every utterance; labels follow the
+    features' sign pattern, flipped for odd listeners (so listeners disagree)."""
+    rng = np.random.default_rng(seed)
+    utts, feats = [], []
+    for s in range(1, 4):
+        for i in range(per_session):
+            spk = f"S{s}_{'FM'[i % 2]}"
+            utts.append(Utterance(f"S{s}_{i:03d}", spk, f"S{s}"))
+            feats.append(rng.normal(size=(2, dim)))
+    features = np.asarray(feats, dtype=np.float32)
+    rows_u, rows_l, rows_y = [], [], []
+    for u in range(len(utts)):
+        base = features[u, 0, :3] > 0
+        for j in range(n_listeners):
+            y = ~base if j % 2 else base.copy()
+            if not y.any():
+                y[int(np.argmax(features[u, 0, :3]))] = True
+            rows_u.append(u)
+            rows_l.append(f"L{j}")
+            rows_y.append(y)
+    ann = Annotations(np.array(rows_u), np.array(rows_l, dtype=object), np.array(rows_y, dtype=bool))
+    return Corpus("toy", TOY_LABELS, tuple(utts), ann, {"toy": features})
+
+
+TOY_TASK = """
+name = "toy"
+version = "0.1"
+[corpus]
+name = "toy"
+features = "toy"
+labels = ["a", "b", "c"]
+[listeners]
+folds = 3
+seed = 1
+[utterances]
+split = "session"
+heldout = ["S3"]
+[episodes]
+shots = [1, 5]
+query = 8
+min_query = 4
+episodes = 3
+seed = 7
+"""
+
+
+@pytest.fixture
+def toy_task_file(tmp_path: Path) -> Path:
+    path = tmp_path / "toy.toml"
+    path.write_text(TOY_TASK)
+    return path
