@@ -1,0 +1,3 @@
+from perserbench.cli import main
+
+main()

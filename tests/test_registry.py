@@ -1,0 +1,69 @@
+import dataclasses
+
+import pytest
+from typer.testing import CliRunner
+
+from perserbench.cli import app
+from perserbench.errors import PerserbenchError
+from perserbench.method import Method, config_hash
+from perserbench.registry import (
+    config_fields, create_method, get_method, make_config, method_names, register_method,
+)
+
+
+def test_builtins_are_registered():
+    names = method_names()
+    assert {"consensus", "oracle"} <= set(names)
+    assert get_method("consensus").name == "consensus"
+
+
+def test_unknown_method_lists_known_ones():
+    with pytest.raises(PerserbenchError, match="unknown method 'nope'; known methods: .*consensus"):
+        get_method("nope")
+
+
+def test_config_overrides_are_parsed_to_field_types():
+    cfg = make_config("consensus", {"epochs": "3", "lr": "0.01", "layer_weights": "false"})
+    assert (cfg.epochs, cfg.lr, cfg.layer_weights) == (3, 0.01, False)
+    with pytest.raises(PerserbenchError, match="layer_weights='maybe' is not a valid bool"):
+        make_config("consensus", {"layer_weights": "maybe"})
+
+
+def test_config_hash_depends_on_values():
+    a = create_method("consensus")
+    b = create_method("consensus", {"epochs": "3"})
+    assert config_hash("consensus", a.config) != config_hash("consensus", b.config)
+    assert config_hash("consensus", a.config) == config_hash("consensus", create_method("consensus").config)
+
+
+def test_every_builtin_config_field_documents_its_default():
+    for name in method_names():
+        for f in config_fields(name):
+            assert f.doc, f"{name}.{f.name} has no documented reason"
+
+
+def test_register_requires_a_method_subclass_and_unique_names():
+    with pytest.raises(TypeError):
+        register_method("bad")(object)  # type: ignore[arg-type]
+
+    class Other(Method):
+        def meta_fit(self, train):  # pragma: no cover
+            pass
+
+        def adapt(self, support):  # pragma: no cover
+            pass
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_method("consensus")(Other)
+
+
+def test_methods_command_lists_configs():
+    result = CliRunner().invoke(app, ["methods"])
+    assert result.exit_code == 0
+    assert "consensus" in result.output and "epochs" in result.output and "30" in result.output
+
+
+def test_constructor_does_no_work():
+    m = create_method("consensus", seed=3)
+    assert m.seed == 3 and not hasattr(m, "model_")
+    assert dataclasses.is_dataclass(m.config)
