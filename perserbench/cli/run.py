@@ -128,3 +128,35 @@ def tasks_command(
                       str(spec.listeners.folds), ",".join(spec.episodes.scenarios),
                       ",".join(map(str, spec.episodes.shots)), hash_)
     console.print(table)
+
+
+@app.command("sweep")
+def sweep_command(
+    methods: Annotated[str, typer.Option("--methods", help="Comma-separated method names.")] = "consensus",
+    tasks: Annotated[str, typer.Option("--tasks", help="Comma-separated task names or paths.")] = "synthetic",
+    shots: Annotated[list[int] | None, typer.Option("--shots", "-k", help="Shot counts (default: the task's).")] = None,
+    scenario: Annotated[str, typer.Option("--scenario", help="seen, unseen or both.")] = "both",
+    seeds: Annotated[list[int] | None, typer.Option("--seed", "--seeds", help="Seeds; repeat for several.")] = None,
+    executor: Annotated[str, typer.Option("--executor", help="sequential, process or ray.")] = "sequential",
+    workers: Annotated[int, typer.Option("--workers", help="Processes for --executor process.")] = 2,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address.")] = None,
+    root: Annotated[Path | None, typer.Option("--root", help="Corpus root directory (real corpora).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for result JSON files.")] = Path("runs"),
+) -> None:
+    """Run a grid of methods × tasks × seeds; finished result files are skipped (resumable)."""
+    from perserbench.executors import execute, is_done, plan
+
+    if scenario not in ("seen", "unseen", "both"):
+        raise PerserbenchError(f"unknown scenario {scenario!r}; choose seen, unseen or both")
+    scenarios = ["seen", "unseen"] if scenario == "both" else [scenario]
+    jobs = plan([m.strip() for m in methods.split(",") if m.strip()],
+                [t.strip() for t in tasks.split(",") if t.strip()], seeds or [0], shots, scenarios, out,
+                corpus_options=corpus_options(root, None))
+    todo = [j for j in jobs if not is_done(j)]
+    console.print(f"{len(jobs)} jobs, {len(jobs) - len(todo)} already finished, {len(todo)} to run")
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        job_bar = bar.add_task("sweep", total=len(todo))
+        execute(todo, executor, workers, address,
+                on_done=lambda job, path: bar.update(job_bar, advance=1, description=job.label()))
+    console.print(f"done: results in {out}")

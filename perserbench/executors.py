@@ -1,0 +1,132 @@
+"""Sweeps: a grid of (method, task, seed) jobs run sequentially, in a local process pool or on
+a Ray cluster, resumable because every job's result file has a canonical name and a finished
+file (written atomically) is never redone.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from functools import lru_cache
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from perserbench.errors import PerserbenchError
+
+EXECUTORS = ("sequential", "process", "ray")
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """One result file's worth of work: a method on a task for one seed, all requested cells."""
+
+    method: str
+    task: str
+    seed: int
+    shots: tuple[int, ...]
+    scenarios: tuple[str, ...]
+    out_dir: str
+    config: tuple[tuple[str, str], ...] = ()
+    corpus_options: tuple[tuple[str, Any], ...] = field(default=())
+
+    def label(self) -> str:
+        return f"{self.method} on {self.task} (seed {self.seed})"
+
+
+@lru_cache(maxsize=8)
+def _resolved(task: str, corpus_options: tuple[tuple[str, Any], ...]):  # noqa: ANN202
+    from perserbench.tasks import load_task
+
+    return load_task(task, dict(corpus_options))
+
+
+def expected_path(job: SweepJob) -> Path:
+    """The file the job will write; known before running, which is what makes resuming cheap."""
+    from perserbench.method import config_hash
+    from perserbench.registry import make_config
+    from perserbench.results import RunResult
+    from perserbench.runner import result_filename
+
+    config = make_config(job.method, dict(job.config))
+    stub = RunResult(1, "", None, {"name": _resolved(job.task, job.corpus_options).spec.name},
+                     {"name": job.method, "config_hash": config_hash(job.method, config)},
+                     [job.seed], list(job.scenarios), sorted(set(job.shots)), [], [], [], 0.0)
+    return Path(job.out_dir) / result_filename(stub)
+
+
+def is_done(job: SweepJob) -> bool:
+    """Finished = the result file exists, parses, and was made on the task's current splits."""
+    from perserbench.results import load_result
+
+    path = expected_path(job)
+    if not path.exists():
+        return False
+    try:
+        result = load_result(path)
+    except PerserbenchError:
+        return False
+    return result.task.get("hash") == _resolved(job.task, job.corpus_options).hash
+
+
+def run_job(job: SweepJob) -> str:
+    """Run one job and write its result; importable by worker processes and Ray."""
+    from perserbench.runner import run, write_result
+
+    task = _resolved(job.task, job.corpus_options)
+    result = run(job.method, task, job.shots, job.scenarios, [job.seed], dict(job.config))
+    return str(write_result(result, Path(job.out_dir)))
+
+
+def plan(methods: Sequence[str], tasks: Sequence[str], seeds: Sequence[int], shots: Sequence[int] | None,
+         scenarios: Sequence[str] | None, out_dir: Path, config: dict[str, str] | None = None,
+         corpus_options: dict[str, Any] | None = None) -> list[SweepJob]:
+    from perserbench.registry import get_method
+
+    for m in methods:
+        get_method(m)
+    jobs = []
+    opts = tuple(sorted((corpus_options or {}).items()))
+    for task, method, seed in itertools.product(tasks, methods, seeds):
+        spec = _resolved(task, opts).spec
+        jobs.append(SweepJob(method, task, seed, tuple(shots or spec.episodes.shots),
+                             tuple(scenarios or spec.episodes.scenarios), str(out_dir),
+                             tuple(sorted((config or {}).items())), opts))
+    return jobs
+
+
+def execute(jobs: Sequence[SweepJob], executor: str = "sequential", workers: int = 2,
+            address: str | None = None, on_done: Callable[[SweepJob, str], None] | None = None) -> list[str]:
+    """Run ``jobs`` (already filtered to unfinished ones) and return the written paths."""
+    if executor not in EXECUTORS:
+        raise PerserbenchError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    done: list[str] = []
+
+    def finish(job: SweepJob, path: str) -> None:
+        done.append(path)
+        if on_done:
+            on_done(job, path)
+
+    if executor == "sequential":
+        for job in jobs:
+            finish(job, run_job(job))
+    elif executor == "process":
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(run_job, job): job for job in jobs}
+            for fut in as_completed(futures):
+                finish(futures[fut], fut.result())
+    else:
+        try:
+            import ray
+        except ImportError:
+            raise PerserbenchError("--executor ray needs Ray: pip install 'ray[default]'") from None
+        ray.init(address=address, ignore_reinit_error=True)
+        remote = ray.remote(run_job)
+        pending = {remote.remote(job): job for job in jobs}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                finish(pending.pop(ref), ray.get(ref))
+    return done
