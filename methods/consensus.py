@@ -6,18 +6,14 @@ consensus labels and ignores the test listener's support set.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from methods.head import EmotionHead, fit_head, head_for
+from methods.head import EmotionHead, _doc, fit_head, head_for
 from perserbench.episodes import LabelledItems, MetaTrainSet
 from perserbench.method import FixedProbabilities, Method, Predictor
 from perserbench.registry import register_method
-
-
-def _doc(default, why: str):  # noqa: ANN001, ANN202 - tiny helper for documented defaults
-    return field(default=default, metadata={"doc": why})
 
 
 @dataclass

@@ -9,12 +9,29 @@ frequencies of the training data, so rare emotions are not ignored under macro-F
 
 from __future__ import annotations
 
+from dataclasses import field
+from typing import Any
+
 import torch
 from torch import nn
 
 from perserbench.episodes import MetaTrainSet
 
 MAX_POS_WEIGHT = 20.0
+
+
+def _doc(default: Any, why: str) -> Any:
+    """A config field whose default carries its reason (shown by ``perserbench methods``)."""
+    return field(default=default, metadata={"doc": why})
+
+
+def pool_features(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                  layer_logits: torch.Tensor) -> torch.Tensor:
+    """Standardise ``[..., L, D]`` features and take the softmax-weighted sum over layers →
+    ``[..., D]``. A free function so the functional meta-learning core (perserbench.metalearn)
+    computes exactly what :meth:`EmotionHead.embed` computes."""
+    z = (x - mean) / std
+    return torch.einsum("...ld,l->...d", z, torch.softmax(layer_logits, dim=0))
 
 
 class EmotionHead(nn.Module):
@@ -38,9 +55,7 @@ class EmotionHead(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Hidden representation [N, hidden] (used by prototype-based methods)."""
-        z = (x - self.mean) / self.std
-        w = torch.softmax(self.layer_logits, dim=0)
-        pooled = torch.einsum("nld,l->nd", z, w)
+        pooled = pool_features(x, self.mean, self.std, self.layer_logits)
         return self.dropout(torch.relu(self.hidden(pooled)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
