@@ -1,0 +1,482 @@
+"""The one functional meta-learning core (DESIGN §3, issue 3).
+
+``maml``, ``meta-perser`` and ``finetune`` adapt the shared :class:`~methods.head.EmotionHead`
+with the same inner loop, written once here (:func:`inner_loop`): parameters are a dict of
+tensors, inner gradients come from :func:`torch.func.grad`, and listeners are processed
+together with :func:`torch.func.vmap` — a meta-batch of meta-train listeners during
+meta-training (:func:`meta_loss`) and all test listeners of a (scenario, K) cell at evaluation
+(:func:`adapt_many`). Outer gradients are ordinary autograd through the vmapped inner loops,
+so second-order MAML is the default and first order is a flag (``first_order``).
+
+Two interchangeable *forms* of the adapted head share that loop:
+
+- :class:`PlainForm` materialises every listener's adapted parameters and evaluates the head
+  with :func:`torch.func.functional_call`. It is the general form.
+- :class:`DualForm` is the same arithmetic, exactly, but never materialises a listener's copy of
+  the first layer's weight ``W`` [H, D]. The inner loop takes full-batch gradient steps on a
+  fixed support set whose pooled features ``Z_s`` do not change during adaptation (the layer
+  weighting is meta-learned, not adapted), so every update ``∂L/∂W = Δᵀ Z_s`` lies in the row
+  space of ``Z_s`` and ``W_t = W_0 − A_tᵀ Z_s`` with ``A_t = Σ lr · Δ`` [n, H]. A forward pass
+  is then ``z W_0ᵀ − (z Z_sᵀ) A_t + b``. With 768-d features and ~10 support items that is
+  ~70× less memory traffic per listener and step, which is what makes batching pay on a CPU:
+  with materialised weights the work is memory-bound and vmap cannot beat a Python loop.
+
+Both forms are checked against a plain per-listener ``torch.autograd.grad`` loop
+(:mod:`perserbench.bench`) in ``tests/test_metalearn.py``. Dropout is off inside these loops
+(the head runs in eval mode): random masks would make the inner loop on a handful of support
+items noisy and the batched and reference computations incomparable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
+
+from methods.head import EmotionHead, pool_features
+from perserbench.episodes import Items, LabelledItems, MetaTrainSet
+
+Params = dict[str, torch.Tensor]
+
+# The parameters a listener's inner loop adapts. ``layer_logits`` (the upstream layer
+# weighting) is meta-learned in the outer loop only: it describes the upstream, not the
+# listener, and keeping it fixed during adaptation is what makes the dual form exact.
+INNER_PARAMS = ("hidden.weight", "hidden.bias", "out.weight", "out.bias")
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def meta_parameters(head: EmotionHead) -> Params:
+    """The head's parameters as a dict of fresh leaf tensors (meta-parameters to optimise);
+    ``layer_logits`` keeps the head's ``requires_grad`` (False when layer weights are off)."""
+    return {name: p.detach().clone().requires_grad_(p.requires_grad) for name, p in head.named_parameters()}
+
+
+def head_buffers(head: EmotionHead) -> Params:
+    return {name: b.detach() for name, b in head.named_buffers()}
+
+
+def load_meta_parameters(head: EmotionHead, meta: Params) -> EmotionHead:
+    """Copy meta-parameters back into ``head`` (so a meta-trained init is an ordinary module)."""
+    with torch.no_grad():
+        for name, p in head.named_parameters():
+            p.copy_(meta[name])
+    return head
+
+
+def inner_learning_rates(steps: int, lr: float, learnable: bool) -> Params:
+    """One learning rate per adapted parameter tensor ("layer") and inner step, as in MAML++;
+    with ``learnable=False`` they are constants and the inner loop is plain MAML's."""
+    return {name: torch.full((steps,), float(lr), requires_grad=learnable) for name in INNER_PARAMS}
+
+
+def masked_bce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
+    """Class-balanced BCE (:func:`methods.head.balanced_bce`) over the real rows of a padded set:
+    padded rows (``mask`` 0) contribute nothing, so listeners with fewer items than the batch's
+    set size can share one tensor."""
+    per_item = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight, reduction="none")
+    return (per_item * mask.unsqueeze(-1)).sum() / (mask.sum().clamp(min=1.0) * y.shape[-1])
+
+
+# --------------------------------------------------------------------------- forms
+
+
+class Form(Protocol):
+    """How adapted parameters are represented; see the module docstring. ``ctx`` holds what
+    stays fixed during one listener's adaptation, ``local`` what the inner loop updates."""
+
+    name: str
+
+    def start(self, meta: Params, xs: torch.Tensor, first_order: bool) -> tuple[Params, Params]: ...
+    def free(self, local: Params) -> Params: ...
+    def support_logits(self, meta: Params, ctx: Params, local: Params, free: Params) -> torch.Tensor: ...
+    def update(self, local: Params, grads: Params, lrs: Params) -> Params: ...
+    def prepare(self, meta: Params, ctx: Params, x: torch.Tensor) -> Params: ...
+    def logits(self, meta: Params, ctx: Params, local: Params, prep: Params) -> torch.Tensor: ...
+    def state(self, ctx: Params, local: Params) -> Params: ...
+    def predict_logits(self, meta: Params, state: Params, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class PlainForm:
+    """Materialised adapted parameters, evaluated with ``functional_call`` on the head."""
+
+    name = "functional_call"
+
+    def __init__(self, head: EmotionHead) -> None:
+        self.head = head.eval()
+        self.buffers = head_buffers(head)
+
+    def _call(self, meta: Params, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.head, {**self.buffers, "layer_logits": meta["layer_logits"], **params}, (x,))
+
+    def start(self, meta: Params, xs: torch.Tensor, first_order: bool) -> tuple[Params, Params]:
+        return {"xs": xs}, {k: meta[k] for k in INNER_PARAMS}
+
+    def free(self, local: Params) -> Params:
+        return local
+
+    def support_logits(self, meta: Params, ctx: Params, local: Params, free: Params) -> torch.Tensor:
+        return self._call(meta, free, ctx["xs"])
+
+    def update(self, local: Params, grads: Params, lrs: Params) -> Params:
+        return {k: local[k] - lrs[k] * grads[k] for k in INNER_PARAMS}
+
+    def prepare(self, meta: Params, ctx: Params, x: torch.Tensor) -> Params:
+        return {"x": x}
+
+    def logits(self, meta: Params, ctx: Params, local: Params, prep: Params) -> torch.Tensor:
+        return self._call(meta, local, prep["x"])
+
+    def state(self, ctx: Params, local: Params) -> Params:
+        return dict(local)
+
+    def predict_logits(self, meta: Params, state: Params, x: torch.Tensor) -> torch.Tensor:
+        return self._call(meta, state, x)
+
+
+class DualForm:
+    """The first layer's adapted weight kept as ``W_0 − Aᵀ Z_c`` (exact; see module docstring).
+
+    ``Z_c`` is the support's pooled features, detached in first-order mode exactly where the
+    materialised form's detached gradient ``Δᵀ Z_s`` would be. The gradient with respect to
+    the support's hidden pre-activations (``Δ``) is taken through a zero offset ``E`` that
+    stands in for ``hidden.weight`` in the gradient dict.
+    """
+
+    name = "dual"
+
+    def __init__(self, head: EmotionHead) -> None:
+        self.head = head.eval()
+        self.buffers = head_buffers(head)
+
+    def _pool(self, meta: Params, x: torch.Tensor) -> torch.Tensor:
+        return pool_features(x, self.buffers["mean"], self.buffers["std"], meta["layer_logits"])
+
+    def start(self, meta: Params, xs: torch.Tensor, first_order: bool) -> tuple[Params, Params]:
+        zs = self._pool(meta, xs)
+        zc = zs.detach() if first_order else zs
+        h0 = F.linear(zs, meta["hidden.weight"])
+        ctx = {"zc": zc, "h0": h0, "gram": zs @ zc.transpose(-1, -2)}
+        local = {"A": torch.zeros_like(h0), **{k: meta[k] for k in INNER_PARAMS[1:]}}
+        return ctx, local
+
+    def free(self, local: Params) -> Params:
+        return {"hidden.weight": torch.zeros_like(local["A"]),
+                **{k: local[k] for k in INNER_PARAMS[1:]}}
+
+    @staticmethod
+    def _head(h0: torch.Tensor, gram: torch.Tensor, A: torch.Tensor, params: Params) -> torch.Tensor:
+        hidden = h0 - gram @ A + params["hidden.bias"]
+        return F.linear(torch.relu(hidden), params["out.weight"], params["out.bias"])
+
+    def support_logits(self, meta: Params, ctx: Params, local: Params, free: Params) -> torch.Tensor:
+        return self._head(ctx["h0"] + free["hidden.weight"], ctx["gram"], local["A"], free)
+
+    def update(self, local: Params, grads: Params, lrs: Params) -> Params:
+        out = {"A": local["A"] + lrs["hidden.weight"] * grads["hidden.weight"]}
+        out.update({k: local[k] - lrs[k] * grads[k] for k in INNER_PARAMS[1:]})
+        return out
+
+    def prepare(self, meta: Params, ctx: Params, x: torch.Tensor) -> Params:
+        z = self._pool(meta, x)
+        return {"h0": F.linear(z, meta["hidden.weight"]), "gram": z @ ctx["zc"].transpose(-1, -2)}
+
+    def logits(self, meta: Params, ctx: Params, local: Params, prep: Params) -> torch.Tensor:
+        return self._head(prep["h0"], prep["gram"], local["A"], local)
+
+    def state(self, ctx: Params, local: Params) -> Params:
+        return {**local, "zc": ctx["zc"]}
+
+    def predict_logits(self, meta: Params, state: Params, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(meta, state, state, self.prepare(meta, state, x))
+
+
+def make_form(head: EmotionHead, dual: bool) -> Form:
+    return DualForm(head) if dual else PlainForm(head)
+
+
+# --------------------------------------------------------------------------- the inner loop
+
+
+def inner_loop(form: Form, meta: Params, lrs: Params, xs: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor,
+               pos_weight: torch.Tensor, steps: int, first_order: bool) -> tuple[Params, list[Params]]:
+    """Adapt to one listener's support (``xs`` [n, L, D], ``ys`` [n, C], mask ``ms`` [n]) with
+    ``steps`` full-batch gradient steps; step ``t`` uses ``lrs[name][t]``. Returns the fixed
+    context and the trajectory of adapted states (``steps + 1`` entries, the first = init).
+    With ``first_order`` the inner gradients are constants to the outer loop (FOMAML)."""
+    ctx, local = form.start(meta, xs, first_order)
+    trajectory = [local]
+    for t in range(steps):
+        def support_loss(free: Params, local: Params = local) -> torch.Tensor:
+            return masked_bce(form.support_logits(meta, ctx, local, free), ys, ms, pos_weight)
+
+        grads = grad(support_loss)(form.free(local))
+        if first_order:
+            grads = {k: g.detach() for k, g in grads.items()}
+        local = form.update(local, grads, {k: lr[t] for k, lr in lrs.items()})
+        trajectory.append(local)
+    return ctx, trajectory
+
+
+def listener_meta_loss(form: Form, meta: Params, lrs: Params, pos_weight: torch.Tensor, steps: int,
+                       first_order: bool, step_weights: Sequence[float], xs: torch.Tensor, ys: torch.Tensor,
+                       ms: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor, mq: torch.Tensor) -> torch.Tensor:
+    """One listener's outer loss: query loss after the inner loop, or (multi-step loss) the
+    ``step_weights``-weighted sum of query losses after every inner step."""
+    ctx, trajectory = inner_loop(form, meta, lrs, xs, ys, ms, pos_weight, steps, first_order)
+    prep = form.prepare(meta, ctx, xq)
+    if steps == 0:
+        return masked_bce(form.logits(meta, ctx, trajectory[0], prep), yq, mq, pos_weight)
+    total = xq.new_zeros(())
+    for t, w in enumerate(step_weights, start=1):
+        if w:
+            total = total + w * masked_bce(form.logits(meta, ctx, trajectory[t], prep), yq, mq, pos_weight)
+    return total
+
+
+@dataclass(frozen=True)
+class EpisodeBatch:
+    """A meta-batch of B listener episodes, padded to equal set sizes (mask 0 = padding).
+
+    ``support_rows``/``query_rows`` are row indices into the :class:`MetaTrainSet`'s
+    annotations (−1 = padding). In combined-set mode the query *is* the support: the same
+    tensors are passed to the inner and the outer loop."""
+
+    listeners: torch.Tensor
+    support_rows: torch.Tensor
+    query_rows: torch.Tensor
+    xs: torch.Tensor
+    ys: torch.Tensor
+    ms: torch.Tensor
+    xq: torch.Tensor
+    yq: torch.Tensor
+    mq: torch.Tensor
+
+    @property
+    def combined(self) -> bool:
+        return self.query_rows is self.support_rows
+
+
+def meta_loss(form: Form, meta: Params, lrs: Params, batch: EpisodeBatch, pos_weight: torch.Tensor, steps: int,
+              first_order: bool, step_weights: Sequence[float]) -> torch.Tensor:
+    """Mean outer loss over a meta-batch, all listeners' inner loops run together by vmap."""
+    one = partial(listener_meta_loss, form, meta, lrs, pos_weight, steps, first_order, tuple(step_weights))
+    return vmap(one)(batch.xs, batch.ys, batch.ms, batch.xq, batch.yq, batch.mq).mean()
+
+
+def final_step_weights(steps: int) -> tuple[float, ...]:
+    return tuple(1.0 if t == steps - 1 else 0.0 for t in range(steps))
+
+
+def multi_step_weights(steps: int, progress: float) -> tuple[float, ...]:
+    """MAML++ multi-step loss: uniform over inner steps at ``progress`` 0, annealed linearly to
+    the final step alone at ``progress`` ≥ 1."""
+    a = min(max(progress, 0.0), 1.0)
+    return tuple((1.0 - a) / steps + (a if t == steps - 1 else 0.0) for t in range(steps))
+
+
+# --------------------------------------------------------------------------- episode sampling
+
+
+class EpisodeSampler:
+    """Draws meta-batches of meta-train listener episodes from a :class:`MetaTrainSet`.
+
+    Split mode (vanilla MAML): ``support`` items for the inner loop and up to ``query`` other
+    items of the same listener for the outer loss. Combined mode (meta-perser): ``support +
+    query`` items used by both loops — the same labelled budget per listener."""
+
+    def __init__(self, train: MetaTrainSet, support: int, query: int, combined: bool, meta_batch: int) -> None:
+        self.train, self.support, self.query = train, support, query
+        self.combined, self.meta_batch = combined, meta_batch
+        rows_of = [torch.nonzero(train.listener == i).squeeze(1) for i in range(len(train.listeners))]
+        need = 1 if combined else 2
+        self.rows_of = [r for r in rows_of if len(r) >= need]
+        self.listener_ids = [i for i, r in enumerate(rows_of) if len(r) >= need]
+        if not self.rows_of:
+            raise ValueError("no meta-train listener has enough labelled items for an episode")
+
+    def sample(self, generator: torch.Generator) -> EpisodeBatch:
+        pick = torch.randperm(len(self.rows_of), generator=generator)[: self.meta_batch]
+        sup, qry = [], []
+        for p in pick.tolist():
+            rows = self.rows_of[p]
+            rows = rows[torch.randperm(len(rows), generator=generator)]
+            if self.combined:
+                sup.append(rows[: self.support + self.query])
+            else:
+                n_s = min(self.support, len(rows) - 1)
+                sup.append(rows[:n_s])
+                qry.append(rows[n_s:n_s + self.query])
+        support_rows = _pad_rows(sup)
+        query_rows = support_rows if self.combined else _pad_rows(qry)
+        xs, ys, ms = self._gather(support_rows)
+        xq, yq, mq = (xs, ys, ms) if self.combined else self._gather(query_rows)
+        listeners = torch.tensor([self.listener_ids[p] for p in pick.tolist()])
+        return EpisodeBatch(listeners, support_rows, query_rows, xs, ys, ms, xq, yq, mq)
+
+    def _gather(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mask = rows >= 0
+        safe = rows.clamp(min=0)
+        x = self.train.x[self.train.utterance[safe]]
+        y = self.train.y[safe] * mask.unsqueeze(-1)
+        return x, y, mask.float()
+
+
+def _pad_rows(rows: list[torch.Tensor]) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), -1, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def pad_supports(supports: Sequence[LabelledItems]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack supports into ``x`` [N, K, L, D], ``y`` [N, K, C], ``mask`` [N, K] (equal K is
+    the runner's case; unequal sizes are padded and masked)."""
+    k = max(len(s) for s in supports)
+    x0, y0 = supports[0].x, supports[0].y
+    x = x0.new_zeros((len(supports), k, *x0.shape[1:]))
+    y = y0.new_zeros((len(supports), k, y0.shape[1]))
+    mask = torch.zeros(len(supports), k)
+    for i, s in enumerate(supports):
+        x[i, : len(s)], y[i, : len(s)], mask[i, : len(s)] = s.x, s.y, 1.0
+    return x, y, mask
+
+
+# --------------------------------------------------------------------------- evaluation-time adaptation
+
+
+class AdaptedPredictor:
+    """One test listener's adapted head (a slice of a batched adaptation)."""
+
+    def __init__(self, form: Form, meta: Params, state: Params) -> None:
+        self.form, self.meta, self.state = form, meta, state
+
+    def predict_proba(self, items: Items) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.sigmoid(self.form.predict_logits(self.meta, self.state, items.x))
+
+
+def adapt_states(form: Form, meta: Params, lrs: Params, xs: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor,
+                 pos_weight: torch.Tensor, steps: int, chunk: int = 256) -> Params:
+    """Adapted states of N listeners at once (vmap over listeners, ``chunk`` at a time)."""
+    meta = {k: v.detach() for k, v in meta.items()}
+    lrs = {k: v.detach() for k, v in lrs.items()}
+
+    def one(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> Params:
+        ctx, trajectory = inner_loop(form, meta, lrs, x, y, m, pos_weight, steps, first_order=True)
+        return form.state(ctx, trajectory[-1])
+
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(xs), chunk):
+            sl = slice(start, start + chunk)
+            parts.append(vmap(one)(xs[sl], ys[sl], ms[sl]))
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def adapt_many(form: Form, meta: Params, lrs: Params, supports: Sequence[LabelledItems],
+               pos_weight: torch.Tensor, steps: int, chunk: int = 256) -> list[AdaptedPredictor]:
+    """Adapt to every support set in one batched computation; one predictor per support."""
+    if not supports:
+        return []
+    xs, ys, ms = pad_supports(supports)
+    states = adapt_states(form, meta, lrs, xs, ys, ms, pos_weight, steps, chunk)
+    frozen = {k: v.detach() for k, v in meta.items()}
+    return [AdaptedPredictor(form, frozen, {k: v[i] for k, v in states.items()}) for i in range(len(supports))]
+
+
+# --------------------------------------------------------------------------- meta-training
+
+
+class MetaSettings(Protocol):
+    """The config fields the meta-learner reads (``maml`` and ``meta-perser`` configs)."""
+
+    meta_epochs: int
+    steps_per_epoch: int
+    meta_batch: int
+    support: int
+    query: int
+    combined: bool
+    inner_steps: int
+    inner_lr: float
+    outer_lr: float
+    per_step_lrs: bool
+    first_order_epochs: int
+    multi_step_loss: bool
+    multi_step_epochs: int
+    dual: bool
+    chunk: int
+
+
+@dataclass(frozen=True)
+class EpochLog:
+    """What one meta-epoch did (kept in ``MetaLearner.history`` for tests and reports)."""
+
+    epoch: int
+    first_order: bool
+    step_weights: tuple[float, ...]
+    loss: float
+
+
+class MetaLearner:
+    """MAML-family meta-training of an :class:`EmotionHead` initialisation (and, with
+    ``per_step_lrs``, of the inner learning rates), then batched adaptation."""
+
+    def __init__(self, head: EmotionHead, pos_weight: torch.Tensor, settings: MetaSettings, seed: int) -> None:
+        self.settings, self.seed = settings, seed
+        self.head = head.eval()
+        self.pos_weight = pos_weight
+        self.form = make_form(head, settings.dual)
+        self.meta = meta_parameters(head)
+        self.lrs = inner_learning_rates(settings.inner_steps, settings.inner_lr, settings.per_step_lrs)
+        self.history: list[EpochLog] = []
+
+    def first_order_at(self, epoch: int) -> bool:
+        """Derivative annealing: first-order meta-gradients for the first N epochs."""
+        return epoch < self.settings.first_order_epochs
+
+    def step_weights_at(self, epoch: int) -> tuple[float, ...]:
+        s = self.settings
+        if s.inner_steps == 0:
+            return ()
+        if not s.multi_step_loss:
+            return final_step_weights(s.inner_steps)
+        return multi_step_weights(s.inner_steps, epoch / max(s.multi_step_epochs, 1))
+
+    def outer_loss(self, batch: EpisodeBatch, epoch: int) -> torch.Tensor:
+        return meta_loss(self.form, self.meta, self.lrs, batch, self.pos_weight, self.settings.inner_steps,
+                         self.first_order_at(epoch), self.step_weights_at(epoch))
+
+    def trainable(self) -> list[torch.Tensor]:
+        return [p for p in [*self.meta.values(), *self.lrs.values()] if p.requires_grad]
+
+    def fit(self, train: MetaTrainSet) -> list[EpochLog]:
+        s = self.settings
+        sampler = EpisodeSampler(train, s.support, s.query, s.combined, s.meta_batch)
+        generator = torch.Generator().manual_seed(self.seed)
+        optimizer = torch.optim.Adam(self.trainable(), lr=s.outer_lr)
+        for epoch in range(s.meta_epochs):
+            losses = []
+            for _ in range(s.steps_per_epoch):
+                batch = sampler.sample(generator)
+                optimizer.zero_grad()
+                loss = self.outer_loss(batch, epoch)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+            mean = sum(losses) / len(losses) if losses else math.nan
+            self.history.append(EpochLog(epoch, self.first_order_at(epoch), self.step_weights_at(epoch), mean))
+        load_meta_parameters(self.head, self.meta)
+        return self.history
+
+    def adapt_many(self, supports: Sequence[LabelledItems]) -> list[AdaptedPredictor]:
+        return adapt_many(self.form, self.meta, self.lrs, supports, self.pos_weight, self.settings.inner_steps,
+                          self.settings.chunk)
