@@ -31,6 +31,7 @@ _COMMAND_MODULES = (
     "perserbench.cli.stats",
     "perserbench.cli.bench",
     "perserbench.cli.leaderboard",
+    "perserbench.cli.new_method",
 )
 
 for _module in _COMMAND_MODULES:

@@ -1,0 +1,97 @@
+"""``perserbench leaderboard validate|submit|build|suite``: the CI-checked board (DESIGN §5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from perserbench.cli import app
+
+console = Console()
+leaderboard_app = typer.Typer(
+    help="Validate and submit result files; build the leaderboard (README.md + index.html) from them.",
+    no_args_is_help=True,
+)
+app.add_typer(leaderboard_app, name="leaderboard")
+
+BoardOption = Annotated[Path | None, typer.Option(
+    "--board", help="Leaderboard directory (holds results/, README.md, index.html). "
+    "Default: $PERSERBENCH_LEADERBOARD or leaderboard/ of the checkout.")]
+TasksOption = Annotated[Path | None, typer.Option(
+    "--tasks", help="Folder of task specs to validate against. Default: $PERSERBENCH_TASKS or tasks/.")]
+RootOption = Annotated[Path | None, typer.Option("--root", help="Corpus root directory (real corpora).")]
+
+
+def _resolver(tasks: Path | None, root: Path | None):  # noqa: ANN202 - lazy import keeps --help fast
+    from perserbench.leaderboard import TaskResolver
+
+    return TaskResolver(tasks, {"root": str(root)} if root else None)
+
+
+def _board(board: Path | None) -> Path:
+    from perserbench.leaderboard import default_board_dir
+
+    return board if board is not None else default_board_dir()
+
+
+@leaderboard_app.command("validate")
+def validate_command(
+    results: Annotated[list[Path], typer.Argument(help="Result JSON files (or folders of them).")],
+    tasks: TasksOption = None,
+    root: RootOption = None,
+) -> None:
+    """Check result files as the board does; the first invalid file is reported and exits 2."""
+    from perserbench.leaderboard import validate_result
+    from perserbench.results import find_result_files
+
+    resolver = _resolver(tasks, root)
+    for path in find_result_files(results):
+        result = validate_result(path, resolver)
+        console.print(f"ok  {path}  ({result.method_name} on {result.task_name}, {len(result.episodes)} episodes)")
+
+
+@leaderboard_app.command("submit")
+def submit_command(
+    results: Annotated[list[Path], typer.Argument(help="Result JSON files written by `perserbench run`.")],
+    board: BoardOption = None,
+    tasks: TasksOption = None,
+    root: RootOption = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Overwrite a board file of the same name.")] = False,
+) -> None:
+    """Validate result files and copy them to <board>/results/ under their canonical names."""
+    from perserbench.leaderboard import submit
+
+    for path in submit(results, _board(board), _resolver(tasks, root), replace=replace):
+        console.print(f"submitted {path}")
+    console.print("now run `perserbench leaderboard build` and commit the leaderboard folder")
+
+
+@leaderboard_app.command("build")
+def build_command(
+    check: Annotated[bool, typer.Option("--check", help="Do not write; fail (exit 2) if a result is invalid "
+                                                         "or a committed board file differs from a rebuild.")] = False,
+    board: BoardOption = None,
+    tasks: TasksOption = None,
+    root: RootOption = None,
+) -> None:
+    """Render README.md and index.html from the validated files in <board>/results/ only."""
+    from perserbench.leaderboard import check_board, result_files, write_board
+
+    directory = _board(board)
+    if check:
+        check_board(directory, _resolver(tasks, root))
+        console.print(f"leaderboard {directory} is up to date ({len(result_files(directory))} result files)")
+        return
+    for path in write_board(directory, _resolver(tasks, root)):
+        console.print(f"wrote {path}")
+
+
+@leaderboard_app.command("suite")
+def suite_command() -> None:
+    """Print the built-in methods (the default suite of the committed board), one per line."""
+    from perserbench.leaderboard import builtin_methods
+
+    typer.echo("\n".join(builtin_methods()))
