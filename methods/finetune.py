@@ -1,0 +1,52 @@
+"""``finetune``: the consensus model, fine-tuned on the test listener's K support items.
+
+The simplest personalization: start from the ``consensus`` model of the fold (the very same
+model, same seed) and take a fixed number of full-batch gradient steps on the support set.
+Adaptation uses the functional inner loop of :mod:`perserbench.metalearn`, so all test
+listeners of a (scenario, K) cell are fine-tuned together in one vmapped computation; the
+result is identical to fine-tuning each listener separately (tests/test_methods.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from methods.consensus import ConsensusConfig, train_consensus
+from methods.head import _doc, positive_weights
+from perserbench.episodes import LabelledItems, MetaTrainSet
+from perserbench.metalearn import DualForm, PlainForm, adapt_many, inner_learning_rates, meta_parameters
+from perserbench.method import Method, Predictor
+from perserbench.registry import register_method
+
+
+@dataclass
+class FinetuneConfig:
+    steps: int = _doc(10, "fixed budget instead of early stopping: with K=1..20 items there is nothing to "
+                          "early-stop on; 10 steps was best of {5,10,20} on a validation split of meta-train "
+                          "listeners (benchmarks/validate_defaults.py)")
+    lr: float = _doc(0.05, "plain SGD step; small enough that K=1 does not wipe out the consensus model, "
+                           "chosen with `steps` on the same validation split")
+    dual: bool = _doc(True, "exact low-rank form of the first layer's updates (fast); False = materialised "
+                            "weights through functional_call (same result, slower)")
+    chunk: int = _doc(256, "listeners adapted per vmap call; bounds memory for large cells")
+
+
+@register_method("finetune")
+class Finetune(Method):
+    """Consensus model fine-tuned on the listener's support set (fixed steps, small lr)."""
+
+    Config = FinetuneConfig
+
+    def meta_fit(self, train: MetaTrainSet) -> None:
+        head = train_consensus(train, ConsensusConfig(), self.seed)
+        self.form_ = DualForm(head) if self.config.dual else PlainForm(head)
+        self.meta_ = {k: v.detach() for k, v in meta_parameters(head).items()}
+        self.lrs_ = inner_learning_rates(self.config.steps, self.config.lr, learnable=False)
+        self.pos_weight_ = positive_weights(train.y)
+
+    def adapt(self, support: LabelledItems) -> Predictor:
+        return self.adapt_many([support])[0]
+
+    def adapt_many(self, supports: list[LabelledItems]) -> list[Predictor]:
+        return list(adapt_many(self.form_, self.meta_, self.lrs_, supports, self.pos_weight_, self.config.steps,
+                               self.config.chunk))
