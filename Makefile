@@ -26,5 +26,18 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/perserbench bench
 
+# The committed board: every built-in method (incl. the oracle ceiling) on the default suite,
+# K = 1, 5, 10, 20, both scenarios, seed 0; then README.md + index.html from those files only.
+LEADERBOARD_TASK ?= synthetic
+leaderboard: $(STAMP)
+	@methods="$$($(BIN)/perserbench leaderboard suite)"; \
+	for m in $$methods; do rm -f leaderboard/results/$${m}__$(LEADERBOARD_TASK)__*.json; done; \
+	for m in $$methods; do \
+	  echo "== $$m"; \
+	  $(BIN)/perserbench run --method $$m --task $(LEADERBOARD_TASK) --shots 1 --shots 5 --shots 10 --shots 20 \
+	    --scenario both --seed 0 --out leaderboard/results || exit 1; \
+	done
+	$(BIN)/perserbench leaderboard build
+
 clean:
 	rm -rf $(VENV) runs reports
