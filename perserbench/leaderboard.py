@@ -694,6 +694,12 @@ def render(board: Board) -> dict[str, str]:
 # --------------------------------------------------------------------------- operations
 
 
+def _publish(path: Path, text: str) -> None:
+    """Atomic write, then world-readable like any checked-out file (the temp file is 0600)."""
+    write_atomic(path, text)
+    os.chmod(path, 0o644)
+
+
 def build(board_dir: Path, resolver: TaskResolver) -> dict[str, str]:
     return render(load_board(board_dir, resolver))
 
@@ -704,7 +710,7 @@ def write_board(board_dir: Path, resolver: TaskResolver) -> list[Path]:
     out = []
     for name, text in files.items():
         path = Path(board_dir) / name
-        write_atomic(path, text)
+        _publish(path, text)
         out.append(path)
     return out
 
@@ -761,7 +767,7 @@ def submit(paths: Sequence[Path], board_dir: Path, resolver: TaskResolver, repla
                 existing[(result.task_name, result.method_name, s, k)] = target.name
         plan.append((path, target))
     for source, target in plan:
-        write_atomic(target, source.read_text(encoding="utf-8"))
+        _publish(target, source.read_text(encoding="utf-8"))
     return [t for _, t in plan]
 
 
