@@ -172,12 +172,14 @@ def _random_problem(s: BenchSettings) -> tuple[EmotionHead, torch.Tensor, Episod
     return head, pos_weight, batch
 
 
-def _learn2learn() -> object | None:
+def _learn2learn() -> tuple[object | None, str]:
+    """learn2learn's module, or None and why not. (Its 0.2.0 sdist does not build on Python
+    3.11+, and importing it needs gym and torchvision, so it is often absent.)"""
     try:
         import learn2learn  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return learn2learn
+    except Exception as exc:  # ImportError, or a broken install of its many dependencies
+        return None, f"not importable ({type(exc).__name__}: {exc}); install the optional extra 'bench'"
+    return learn2learn, ""
 
 
 def run_bench(s: BenchSettings, progress: Callable[[str], None] | None = None) -> BenchReport:
@@ -186,9 +188,9 @@ def run_bench(s: BenchSettings, progress: Callable[[str], None] | None = None) -
     report = BenchReport(s)
     head, pos_weight, batch = _random_problem(s)
     weights = final_step_weights(s.inner_steps)
-    l2l = _learn2learn()
+    l2l, why = _learn2learn()
     if l2l is None:
-        report.skipped["learn2learn"] = "not installed (pip install 'perserbench[bench]')"
+        report.skipped["learn2learn"] = why
 
     def say(text: str) -> None:
         if progress:

@@ -1,0 +1,104 @@
+"""``perserbench bench``: speed of the batched meta-learning core vs the reference loop."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from perserbench.cli import app
+
+console = Console()
+err_console = Console(stderr=True)
+
+IMPLEMENTATIONS = ("loop", "vmap (functional_call)", "vmap (dual)", "learn2learn")
+# The issue's targets: batched / loop ratio per workload kind.
+TARGETS = {"meta-train, second order": 5.0, "adapt": 10.0}
+
+
+def _target(workload: str) -> float | None:
+    for prefix, value in TARGETS.items():
+        if workload.startswith(prefix):
+            return value
+    return None
+
+
+def bench_table(report: object) -> Table:
+    """One row per (workload, implementation): rate, ratio to the loop, and the issue's target
+    for the batched core (dual form) where there is one."""
+    import torch
+
+    from perserbench.bench import BenchReport
+
+    assert isinstance(report, BenchReport)
+    s = report.settings
+    table = Table(title=f"perserbench bench: meta-batch {s.meta_batch}, {s.inner_steps} inner steps, "
+                        f"{s.layers}x{s.dim}-d features, {s.listeners} test listeners (K={s.shots}), "
+                        f"{torch.get_num_threads()} torch threads")
+    for col, justify in (("workload", "left"), ("implementation", "left"), ("per second", "right"),
+                         ("x loop", "right"), ("target", "left")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    workloads = list(dict.fromkeys(t.workload for t in report.timings))
+    for w in workloads:
+        unit = "adaptations/s" if w.startswith("adapt") else "outer steps/s"
+        label = f"{w}\n[dim]{unit}[/dim]"
+        loop = report.rate(w, "loop")
+        for i, impl in enumerate(IMPLEMENTATIONS):
+            rate = report.rate(w, impl)
+            if rate is None:
+                if impl in report.skipped:
+                    table.add_row(label if i == 0 else "", impl, "skipped", "", "")
+                continue
+            ratio = rate / loop if loop else None
+            target = _target(w) if impl == "vmap (dual)" else None
+            verdict = "" if target is None or ratio is None else (
+                f">= {target:g}x [green]met[/green]" if ratio >= target else f">= {target:g}x [red]missed[/red]")
+            table.add_row(label if i == 0 else "", impl, f"{rate:,.1f}",
+                          f"{ratio:.1f}x" if ratio is not None else "-", verdict)
+        table.add_section()
+    return table
+
+
+@app.command("bench")
+def bench_command(
+    meta_batch: Annotated[int, typer.Option(help="Listeners per meta-training outer step.")] = 8,
+    inner_steps: Annotated[int, typer.Option(help="Inner-loop steps (meta-training and adaptation).")] = 5,
+    dim: Annotated[int, typer.Option(help="Feature dimension.")] = 768,
+    layers: Annotated[int, typer.Option(help="Upstream layers per item (13 = base-size SSL model).")] = 13,
+    listeners: Annotated[int, typer.Option(help="Test listeners adapted at once.")] = 100,
+    shots: Annotated[int, typer.Option(help="Support items per test listener.")] = 10,
+    support: Annotated[int, typer.Option(help="Support items per meta-training episode.")] = 10,
+    query: Annotated[int, typer.Option(help="Query items per meta-training episode.")] = 10,
+    repeats: Annotated[int, typer.Option(help="Timed repetitions per cell (median is reported).")] = 7,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the timings as JSON here.")] = None,
+) -> None:
+    """Meta-training outer steps/s and test-listener adaptations/s: batched core vs the
+    per-listener reference loop (and learn2learn when installed), ratios from one run."""
+    from perserbench.bench import BenchSettings, run_bench
+    from perserbench.errors import PerserbenchError
+
+    for name, value in (("meta-batch", meta_batch), ("listeners", listeners), ("shots", shots),
+                        ("support", support), ("query", query), ("repeats", repeats), ("dim", dim),
+                        ("layers", layers)):
+        if value < 1:
+            raise PerserbenchError(f"--{name} must be at least 1 (got {value})")
+    if inner_steps < 0:
+        raise PerserbenchError(f"--inner-steps must be at least 0 (got {inner_steps})")
+    settings = BenchSettings(meta_batch=meta_batch, inner_steps=inner_steps, dim=dim, layers=layers,
+                             listeners=listeners, shots=shots, support=support, query=query, repeats=repeats)
+    with err_console.status("timing…") as status:
+        report = run_bench(settings, progress=lambda text: status.update(f"timing {text}"))
+    console.print(bench_table(report))
+    for impl, why in report.skipped.items():
+        console.print(f"[yellow]{impl} skipped:[/yellow] {escape(why)}")
+    if json_out is not None:
+        payload = {"settings": asdict(settings), "skipped": report.skipped,
+                   "timings": [{**asdict(t), "rate": t.rate} for t in report.timings]}
+        json_out.write_text(json.dumps(payload, indent=2))
+        console.print(f"wrote {json_out}")
