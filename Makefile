@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-ARGS   ?= --method consensus --shots 5
+ARGS   ?= --method meta-perser --shots 5
 
 .PHONY: run test install bench leaderboard clean
 
