@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from methods.consensus import ConsensusConfig, train_consensus
 from methods.head import _doc, positive_weights
 from perserbench.episodes import LabelledItems, MetaTrainSet
-from perserbench.metalearn import DualForm, PlainForm, adapt_many, inner_learning_rates, meta_parameters
+from perserbench.metalearn import (
+    DualForm,
+    PlainForm,
+    adapt_many,
+    inner_learning_rates,
+    meta_parameters,
+)
 from perserbench.method import Method, Predictor
 from perserbench.registry import register_method
 

@@ -177,7 +177,7 @@ def _learn2learn() -> tuple[object | None, str]:
     3.11+, and importing it needs gym and torchvision, so it is often absent.)"""
     try:
         import learn2learn  # type: ignore[import-not-found]
-    except Exception as exc:  # ImportError, or a broken install of its many dependencies
+    except Exception as exc:  # noqa: BLE001 - ImportError or a broken install of its many dependencies
         return None, f"not importable ({type(exc).__name__}: {exc}); install the optional extra 'bench'"
     return learn2learn, ""
 
@@ -208,11 +208,12 @@ def run_bench(s: BenchSettings, progress: Callable[[str], None] | None = None) -
             return step
 
         impls: dict[str, Callable[[Params, Params], torch.Tensor]] = {
-            "loop": lambda m, r: reference_meta_loss(head, m, r, batch, pos_weight, s.inner_steps, first_order, weights),
-            "vmap (functional_call)": lambda m, r: meta_loss(make_form(head, False), m, r, batch, pos_weight,
-                                                             s.inner_steps, first_order, weights),
-            "vmap (dual)": lambda m, r: meta_loss(make_form(head, True), m, r, batch, pos_weight, s.inner_steps,
-                                                  first_order, weights),
+            "loop": lambda m, r, fo=first_order: reference_meta_loss(head, m, r, batch, pos_weight, s.inner_steps,
+                                                                     fo, weights),
+            "vmap (functional_call)": lambda m, r, fo=first_order: meta_loss(make_form(head, False), m, r, batch,
+                                                                             pos_weight, s.inner_steps, fo, weights),
+            "vmap (dual)": lambda m, r, fo=first_order: meta_loss(make_form(head, True), m, r, batch, pos_weight,
+                                                                  s.inner_steps, fo, weights),
         }
         for name, loss_fn in impls.items():
             say(f"{workload}: {name}")

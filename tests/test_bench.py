@@ -77,10 +77,10 @@ def test_speed_meta_train_second_order(benchmark, problem, impl):
     lrs = inner_learning_rates(SETTINGS.inner_steps, 0.1, learnable=True)
     w = final_step_weights(SETTINGS.inner_steps)
     if impl == "loop":
-        fn = lambda: reference_meta_loss(head, meta, lrs, batch, pos_weight, SETTINGS.inner_steps, False, w)  # noqa: E731
+        fn = lambda: reference_meta_loss(head, meta, lrs, batch, pos_weight, SETTINGS.inner_steps, False, w)
     else:
         form = make_form(head, impl == "dual")
-        fn = lambda: meta_loss(form, meta, lrs, batch, pos_weight, SETTINGS.inner_steps, False, w)  # noqa: E731
+        fn = lambda: meta_loss(form, meta, lrs, batch, pos_weight, SETTINGS.inner_steps, False, w)
     benchmark(_outer_step(fn))
 
 

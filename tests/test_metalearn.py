@@ -43,7 +43,7 @@ STEPS = 3
 def problem():
     """A small random head and a meta-batch whose listeners have different real set sizes."""
     s = BenchSettings(meta_batch=4, inner_steps=STEPS, dim=24, layers=3, hidden=16, classes=4, support=6, query=7)
-    head, pos_weight, batch = _random_problem(s)
+    head, _, batch = _random_problem(s)
     ms, mq = batch.ms.clone(), batch.mq.clone()
     ms[0, 4:] = 0  # listener 0 has 4 support items
     mq[2, 3:] = 0  # listener 2 has 3 query items

@@ -49,7 +49,7 @@ def test_all_methods_are_registered():
 def test_method_is_deterministic_under_a_seed(toy, method):
     a = run(method, toy, [1, 5], seeds=[3], config_overrides=SMALL[method])
     b = run(method, toy, [1, 5], seeds=[3], config_overrides=SMALL[method])
-    key = lambda r: [(e.listener, e.scenario, e.shots, e.episode, e.macro_f1, e.micro_f1, e.top1) for e in r.episodes]  # noqa: E731
+    key = lambda r: [(e.listener, e.scenario, e.shots, e.episode, e.macro_f1, e.micro_f1, e.top1) for e in r.episodes]
     assert key(a) == key(b)
     p0 = predictions(toy, method, SMALL[method], seed=3)
     assert all(np.array_equal(x, y) for x, y in zip(p0, predictions(toy, method, SMALL[method], seed=3)))
