@@ -228,3 +228,21 @@ def write_manifest(root: Path, kind: str = "csv", utterances: int = 12, listener
     else:
         path.write_text("".join(json.dumps({**r, "labels": r["labels"].split(";")}) + "\n" for r in rows))
     return path, truth
+
+
+# ------------------------------------------------------------------------------- upstreams
+def write_tiny_wavlm(folder: Path, seed: int = 0, layers: int = 2, hidden: int = 32) -> Path:
+    """A randomly initialised WavLM with tiny sizes, saved like a hub checkpoint (config,
+    feature-extractor config, weights): the same code path as a real WavLM, without weights."""
+    import torch
+    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMModel
+
+    torch.manual_seed(seed)
+    config = WavLMConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64,
+                         conv_dim=(16, 16, 16), conv_kernel=(10, 8, 4), conv_stride=(5, 4, 4),
+                         num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, num_buckets=32,
+                         max_bucket_distance=100, feat_extract_norm="layer", do_stable_layer_norm=True)
+    WavLMModel(config).eval().save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16_000, padding_value=0.0, do_normalize=True,
+                             return_attention_mask=True).save_pretrained(folder)
+    return folder

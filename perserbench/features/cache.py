@@ -1,0 +1,419 @@
+"""The feature cache: upstream features computed once per (corpus, root, feature key) and read
+by every run after that (DESIGN §4).
+
+Layout, under :func:`cache_root` (``$PERSERBENCH_CACHE``, else ``~/.cache/perserbench``)::
+
+    <corpus>-<root digest>/<key>/manifest.json      what the arrays are (see below)
+    <corpus>-<root digest>/<key>/layer_00.npy ...   one float32 [N, D] array per layer
+    <corpus>-<root digest>/<key>.partial/           an extraction in progress
+
+``manifest.json`` records the corpus name and root, the upstream (name, revision, layers,
+dim), the utterance ids in row order, and per audio file its size and modification time,
+which is how an unchanged corpus is recognised without reading any audio.
+
+Why this shape: per-layer ``.npy`` files open as memory maps (``np.load(mmap_mode="r")``), so
+a 13-layer × 768-d cache of a 100k-utterance corpus costs nothing until rows are read;
+and an extraction writes into preallocated memory maps in ``<key>.partial`` with a
+``done.npy`` row mask saved after every batch, so a killed extraction resumes at the first
+unfinished batch. The finished folder is moved into place with one ``rename``: readers see
+the old complete entry or the new complete entry, never a partial one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perserbench.data.corpus import Corpus
+from perserbench.errors import PerserbenchError
+from perserbench.results import write_atomic
+
+MANIFEST = "manifest.json"
+PLAN = "plan.json"
+DONE = "done.npy"
+FORMAT_VERSION = 1
+DEFAULT_BATCH_SECONDS = 32.0
+
+Progress = Callable[[float, int], None]  # (audio seconds done in this call, rows done in this call)
+
+
+def cache_root(override: str | Path | None = None) -> Path:
+    """The cache folder: ``override``, else ``$PERSERBENCH_CACHE``, else ``~/.cache/perserbench``."""
+    if override:
+        return Path(override).expanduser().resolve()
+    env = os.environ.get("PERSERBENCH_CACHE")
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path.home() / ".cache" / "perserbench"
+
+
+def default_key(upstream: str) -> str:
+    """The feature key tasks name: ``fbank``; a hub id's model name (``microsoft/wavlm-base-plus``
+    → ``wavlm-base-plus``); a local directory's folder name."""
+    return Path(upstream.rstrip("/\\")).name or upstream
+
+
+def _check_key(key: str) -> str:
+    if not key or key.startswith(".") or any(c in key for c in "/\\") or key.endswith(".partial"):
+        raise PerserbenchError(f"feature key {key!r} must be a plain name (no '/', no leading '.')")
+    return key
+
+
+def _corpus_root(corpus: Corpus) -> str:
+    root = corpus.metadata.get("root")
+    return str(Path(root).resolve()) if root else "<no-root>"
+
+
+def entry_dir(corpus: Corpus, key: str, cache_dir: str | Path | None = None) -> Path:
+    """Folder of the cache entry for ``corpus`` (name and root) and feature ``key``."""
+    root = _corpus_root(corpus)
+    digest = hashlib.sha256(root.encode()).hexdigest()[:10]
+    base = cache_dir or corpus.metadata.get("cache_dir")
+    return cache_root(base) / f"{corpus.name}-{digest}" / _check_key(key)
+
+
+def _partial_dir(entry: Path) -> Path:
+    return entry.with_name(entry.name + ".partial")
+
+
+def _audio_stat(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return int(st.st_size), int(st.st_mtime_ns)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _audio_rows(corpus: Corpus) -> list[tuple[str, str]]:
+    rows = [(u.id, u.audio_path) for u in corpus.utterances if u.audio_path]
+    if not rows:
+        raise PerserbenchError(
+            f"corpus {corpus.name!r} has no audio paths (e.g. a manifest with feature rows); nothing to extract"
+        )
+    if len(rows) != len(corpus.utterances):
+        missing = next(u.id for u in corpus.utterances if not u.audio_path)
+        raise PerserbenchError(f"corpus {corpus.name!r}: utterance {missing!r} has no audio path")
+    return rows
+
+
+@dataclass(frozen=True)
+class ExtractReport:
+    """What one ``extract_features`` call did. ``forwards`` counts upstream batches run."""
+
+    entry: Path
+    key: str
+    upstream: str
+    revision: str
+    n_utterances: int
+    extracted: int
+    reused: int
+    resumed: int
+    forwards: int
+    audio_seconds: float
+    wall_s: float
+    up_to_date: bool
+
+
+def _up_to_date(manifest: dict[str, Any] | None, rows: list[tuple[str, str]], upstream: str,
+                revision: str | None) -> bool:
+    """True when the entry holds every row with unchanged audio from the same upstream."""
+    if manifest is None or manifest.get("format") != FORMAT_VERSION:
+        return False
+    up = manifest.get("upstream", {})
+    if up.get("name") != upstream or (revision is not None and up.get("revision") != revision):
+        return False
+    stats = {a["id"]: (a["size"], a["mtime_ns"]) for a in manifest.get("audio", [])}
+    return all(stats.get(uid) == _audio_stat(path) for uid, path in rows)
+
+
+def _layer_file(folder: Path, layer: int) -> Path:
+    return folder / f"layer_{layer:02d}.npy"
+
+
+def extract_features(corpus: Corpus, upstream: str, key: str | None = None, *,
+                     cache_dir: str | Path | None = None, device: str | None = None, fp16: bool = False,
+                     batch_seconds: float = DEFAULT_BATCH_SECONDS, revision: str | None = None,
+                     force: bool = False, progress: Progress | None = None,
+                     on_plan: Callable[[float, int], None] | None = None) -> ExtractReport:
+    """Compute (or bring up to date) the cached features of every utterance of ``corpus``.
+
+    ``upstream`` is ``fbank``, a hub id or a local checkpoint directory; ``key`` defaults to
+    :func:`default_key`. Nothing is recomputed for rows whose audio (size, mtime) and upstream
+    are unchanged; an unchanged corpus loads no model and runs no forward pass at all. A
+    ``.partial`` folder left by a killed run is resumed when it describes the same work.
+    ``on_plan(total_seconds, total_rows)`` is called once the work to do is known (for a
+    progress bar), ``progress(seconds, rows)`` after every batch.
+    """
+    from perserbench.features import upstreams as ups
+    from perserbench.features.audio import TARGET_SR, audio_info
+
+    start = time.perf_counter()
+    if batch_seconds <= 0:
+        raise PerserbenchError(f"--batch-seconds must be positive, got {batch_seconds}")
+    key = _check_key(key or default_key(upstream))
+    rows = _audio_rows(corpus)
+    entry = entry_dir(corpus, key, cache_dir)
+    name = ups.canonical_name(upstream)
+    cheap = ups.cheap_revision(upstream) if revision is None else revision
+    old = None if force else _read_json(entry / MANIFEST)
+    forwards0 = ups.forward_count()
+
+    if _up_to_date(old, rows, name, cheap):
+        if on_plan:
+            on_plan(0.0, 0)
+        return ExtractReport(entry, key, name, str(old["upstream"]["revision"]), len(rows), 0, len(rows), 0, 0,
+                             0.0, time.perf_counter() - start, True)
+
+    model = ups.resolve_upstream(upstream, device=device, fp16=fp16, revision=revision)
+    desc = ups.describe(model)
+    desc["name"] = name
+    old_ok = (old is not None and old.get("format") == FORMAT_VERSION
+              and old["upstream"].get("name") == name and old["upstream"].get("revision") == desc["revision"]
+              and old["upstream"].get("layers") == desc["layers"] and old["upstream"].get("dim") == desc["dim"])
+
+    # The plan: the corpus's rows, plus rows of the old entry still valid (another option set of
+    # the same corpus, e.g. CREMA-D's audio-visual clips), so alternating options never evicts.
+    plan_ids = [uid for uid, _ in rows]
+    plan_paths = dict(rows)
+    old_rows: dict[str, int] = {}
+    if old_ok:
+        old_audio = {a["id"]: a for a in old["audio"]}
+        for i, uid in enumerate(old["ids"]):
+            a = old_audio[uid]
+            path = a["path"] if os.path.isabs(a["path"]) else os.path.join(old["root"], a["path"])
+            if _audio_stat(path) == (a["size"], a["mtime_ns"]):
+                old_rows[uid] = i
+                if uid not in plan_paths:
+                    plan_ids.append(uid)
+                    plan_paths[uid] = path
+    stats = {uid: _audio_stat(plan_paths[uid]) for uid in plan_ids}
+    absent = [plan_paths[u] for u in plan_ids if stats[u] is None]
+    if absent:
+        raise PerserbenchError(f"{len(absent)} audio files are missing (first: {absent[0]}); "
+                               "load the corpus with missing_audio=skip to leave them out")
+    root = _corpus_root(corpus)
+    audio = [{"id": u, "path": _relative(plan_paths[u], root), "size": stats[u][0], "mtime_ns": stats[u][1]}
+             for u in plan_ids]
+    plan = {"format": FORMAT_VERSION, "corpus": corpus.name, "root": root, "key": key, "upstream": desc,
+            "ids": plan_ids, "audio": audio}
+
+    # Validate every file to read before creating anything (corrupt and truncated files fail
+    # here, in seconds, not hours in, and leave no trace); the lengths also drive batching.
+    seconds_of = {u: audio_info(plan_paths[u]).seconds for u in plan_ids if u not in old_rows}
+
+    partial = _partial_dir(entry)
+    n, n_layers, dim = len(plan_ids), int(desc["layers"]), int(desc["dim"])
+    resumed_rows = 0
+    if partial.exists() and _read_json(partial / PLAN) != plan:
+        shutil.rmtree(partial)  # a different job (corpus or upstream changed): start over
+    if partial.exists() and (partial / DONE).is_file():
+        done = np.load(partial / DONE)
+        layers = [np.load(_layer_file(partial, i), mmap_mode="r+") for i in range(n_layers)]
+        resumed_rows = int(done.sum())
+    else:
+        partial.mkdir(parents=True, exist_ok=True)
+        layers = [np.lib.format.open_memmap(_layer_file(partial, i), mode="w+", dtype=np.float32, shape=(n, dim))
+                  for i in range(n_layers)]
+        done = np.zeros(n, dtype=bool)
+        if old_rows:
+            index = {u: i for i, u in enumerate(plan_ids)}
+            src = np.array([old_rows[u] for u in plan_ids if u in old_rows], dtype=np.int64)
+            dst = np.array([index[u] for u in plan_ids if u in old_rows], dtype=np.int64)
+            for i in range(n_layers):
+                layers[i][dst] = np.load(_layer_file(entry, i), mmap_mode="r")[src]
+                layers[i].flush()
+            done[dst] = True
+        write_atomic(partial / PLAN, json.dumps(plan))
+        _save_done(partial, done)
+    reused = int(done.sum()) - resumed_rows
+
+    todo = np.flatnonzero(~done)
+    try:
+        seconds = np.array([seconds_of[plan_ids[r]] for r in todo], dtype=np.float64)
+        if on_plan:
+            on_plan(float(seconds.sum()), len(todo))
+        audio_total = 0.0
+        for batch in _batches(todo, seconds, batch_seconds):
+            waves = [_load(plan_paths[plan_ids[r]], TARGET_SR) for r in batch]
+            feats = model.embed(waves)
+            for i in range(n_layers):
+                layers[i][batch] = feats[:, i, :]
+                layers[i].flush()
+            done[batch] = True
+            _save_done(partial, done)
+            batch_s = float(sum(len(w) for w in waves)) / TARGET_SR
+            audio_total += batch_s
+            if progress:
+                progress(batch_s, len(batch))
+    except PerserbenchError:
+        # Bad input (a corrupt file): the user must fix it and the resulting features would
+        # differ anyway, so leave nothing behind rather than a partial entry.
+        del layers
+        shutil.rmtree(partial, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            partial.parent.rmdir()  # only if empty: other keys of this corpus stay
+        raise
+    del layers
+    manifest = {**plan, "shapes": {"rows": n, "layers": n_layers, "dim": dim},
+                "layer_files": [_layer_file(partial, i).name for i in range(n_layers)],
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_atomic(partial / MANIFEST, json.dumps(manifest, indent=1))
+    (partial / DONE).unlink()
+    (partial / PLAN).unlink()
+    _replace_dir(partial, entry)
+    return ExtractReport(entry, key, name, str(desc["revision"]), len(rows), len(todo), reused, resumed_rows,
+                         ups.forward_count() - forwards0, audio_total, time.perf_counter() - start, False)
+
+
+def _relative(path: str, root: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+def _load(path: str, sr: int) -> np.ndarray:
+    from perserbench.features.audio import load_audio
+
+    return load_audio(path, sr)
+
+
+def _save_done(folder: Path, done: np.ndarray) -> None:
+    tmp = folder / f".{DONE}.tmp"
+    with open(tmp, "wb") as handle:
+        np.save(handle, done)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, folder / DONE)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``, replacing an existing ``dst`` (renamed aside, then deleted)."""
+    trash = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    if dst.exists():
+        os.replace(dst, trash)
+    os.replace(src, dst)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _batches(rows: np.ndarray, seconds: np.ndarray, budget: float) -> list[np.ndarray]:
+    """Group rows of similar length so that ``batch size × longest clip`` stays within
+    ``budget`` seconds: sorting by length keeps padding (wasted compute) small."""
+    order = np.argsort(seconds, kind="stable")
+    batches: list[np.ndarray] = []
+    current: list[int] = []
+    longest = 0.0
+    for j in order:
+        s = float(seconds[j])
+        if current and (len(current) + 1) * max(longest, s) > budget:
+            batches.append(rows[np.array(current)])
+            current, longest = [], 0.0
+        current.append(int(j))
+        longest = max(longest, s)
+    if current:
+        batches.append(rows[np.array(current)])
+    return batches
+
+
+def _command(corpus: Corpus, key: str) -> str:
+    root = corpus.metadata.get("manifest") or corpus.metadata.get("root") or "DIR"
+    return f"perserbench features extract --corpus {corpus.name} --root {root} --upstream UPSTREAM --key {key}"
+
+
+def load_cached_features(corpus: Corpus, key: str, cache_dir: str | Path | None = None) -> np.ndarray:
+    """The cached features ``[N_utterances, L, D]`` of ``corpus`` (row order = its utterances).
+
+    Errors name the command to run when the features were never extracted, when utterances
+    are missing from the cache, or when an audio file changed since extraction.
+    """
+    entry = entry_dir(corpus, key, cache_dir)
+    manifest = _read_json(entry / MANIFEST)
+    if manifest is None:
+        hint = " (an extraction is in progress or was interrupted; run it again to resume)" \
+            if _partial_dir(entry).exists() else ""
+        raise PerserbenchError(
+            f"no cached features {key!r} for corpus {corpus.name!r} at {_corpus_root(corpus)} in "
+            f"{entry.parent.parent}{hint}; run: {_command(corpus, key)}"
+        )
+    index = {u: i for i, u in enumerate(manifest["ids"])}
+    audio = {a["id"]: a for a in manifest["audio"]}
+    rows = np.empty(len(corpus.utterances), dtype=np.int64)
+    missing = []
+    for j, utt in enumerate(corpus.utterances):
+        i = index.get(utt.id)
+        if i is None:
+            missing.append(utt.id)
+            continue
+        rows[j] = i
+        if utt.audio_path and _audio_stat(utt.audio_path) != (audio[utt.id]["size"], audio[utt.id]["mtime_ns"]):
+            raise PerserbenchError(
+                f"audio file {utt.audio_path} changed since features {key!r} were extracted; "
+                f"run again: {_command(corpus, key)}"
+            )
+    if missing:
+        raise PerserbenchError(
+            f"{len(missing)} utterances of corpus {corpus.name!r} have no cached features {key!r} "
+            f"(first: {missing[0]}); run: {_command(corpus, key)}"
+        )
+    out = np.empty((len(rows), manifest["shapes"]["layers"], manifest["shapes"]["dim"]), dtype=np.float32)
+    for i, name in enumerate(manifest["layer_files"]):
+        out[:, i, :] = np.load(entry / name, mmap_mode="r")[rows]
+    return out
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """One cache entry as listed by ``perserbench features list``."""
+
+    path: Path
+    corpus: str
+    root: str
+    key: str
+    upstream: str
+    revision: str
+    rows: int
+    layers: int
+    dim: int
+    complete: bool
+    bytes: int
+
+
+def list_entries(cache_dir: str | Path | None = None) -> list[EntryInfo]:
+    """Every complete entry and every interrupted (``.partial``) extraction in the cache."""
+    base = cache_root(cache_dir)
+    out = []
+    for folder in sorted(base.glob("*/*")):
+        if not folder.is_dir() or folder.name.startswith("."):
+            continue
+        complete = not folder.name.endswith(".partial")
+        meta = _read_json(folder / (MANIFEST if complete else PLAN))
+        if meta is None:
+            continue
+        up = meta.get("upstream", {})
+        size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        rows = len(meta.get("ids", []))
+        out.append(EntryInfo(folder, str(meta.get("corpus")), str(meta.get("root")), str(meta.get("key")),
+                             str(up.get("name")), str(up.get("revision")), rows, int(up.get("layers", 0)),
+                             int(up.get("dim", 0)), complete, size))
+    return out
+
+
+__all__ = ["EntryInfo", "ExtractReport", "cache_root", "default_key", "entry_dir", "extract_features",
+           "list_entries", "load_cached_features"]
