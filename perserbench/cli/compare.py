@@ -1,0 +1,66 @@
+"""``perserbench compare``: statistical comparison report from result files (perserbench.report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from perserbench.cli import app
+
+console = Console()
+
+
+def summary_table(an: object) -> Table:
+    """Rich version of the report's summary: mean [CI] and marks per method and cell."""
+    from perserbench.report import REFERENCE, Analysis
+
+    assert isinstance(an, Analysis)
+    table = Table(title=f"{an.data.metric}: mean over test listeners [95% CI]  "
+                        f"(bold best; ▲/▼ vs {REFERENCE}; † worse than best; Holm, α={an.alpha})")
+    table.add_column("method")
+    for c in an.cells:
+        table.add_column(f"{c.key[0]} {c.key[1]} K={c.key[2]}" if len(an.data.tasks) > 1 else f"{c.key[1]} K={c.key[2]}",
+                         justify="right")
+    for label in an.data.methods:
+        row = [label]
+        for c in an.cells:
+            mc = c.methods.get(label)
+            if mc is None:
+                row.append("—")
+                continue
+            text = f"{mc.mean:.3f} [{mc.ci_low:.3f}, {mc.ci_high:.3f}]" + (f" {mc.marks}" if mc.marks else "")
+            row.append(f"[bold]{text}[/bold]" if mc.best else text)
+        table.add_row(*row)
+    return table
+
+
+@app.command("compare")
+def compare_command(
+    paths: Annotated[list[Path], typer.Argument(help="Result JSON files or directories holding them.")],
+    metric: Annotated[str, typer.Option("--metric", help="macro_f1, micro_f1 or top1.")] = "macro_f1",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for report.md, report.html, report.json, figures/.")] = Path("report"),
+    alpha: Annotated[float, typer.Option("--alpha", help="Significance level for marks and the critical difference.")] = 0.05,
+) -> None:
+    """Compare methods: paired tests over listeners, Holm, Friedman/Nemenyi, plots; writes a report."""
+    from perserbench.errors import PerserbenchError
+    from perserbench.report import analyse, load_comparison, write_report
+
+    if not 0.0 < alpha < 1.0:
+        raise PerserbenchError(f"--alpha {alpha} must lie strictly between 0 and 1")
+    an = analyse(load_comparison(paths, metric), alpha)
+    written = write_report(an, out)
+    console.print(summary_table(an))
+    if an.overall is not None:
+        res = an.overall
+        order = sorted(range(len(res.methods)), key=lambda i: res.avg_ranks[i])
+        console.print(f"Friedman across {res.n_blocks} cells: χ²_F = {res.chi2:.3f}, p = {res.p_value:.4g}; "
+                      f"Iman–Davenport p = {res.iman_davenport_p:.4g}; CD = {res.cd:.3f}; ranks: "
+                      + ", ".join(f"{res.methods[i]} {res.avg_ranks[i]:.2f}" for i in order))
+    else:
+        console.print(an.overall_note)
+    console.print(f"wrote {out / 'report.md'}, {out / 'report.html'}, {out / 'report.json'} "
+                  f"and {len(written) - 3} figure(s) in {out / 'figures'}")

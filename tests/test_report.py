@@ -1,0 +1,287 @@
+"""``perserbench compare``: a report built from result files the runner produced on the tiny
+``toy`` task (conftest.py); refusals of incomparable results; copy/shift behaviour at the report
+level; seed merging; the HTML page in headless chromium."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TOY_TASK
+from scipy import stats as sps
+
+from perserbench.episodes import Items, LabelledItems, MetaTrainSet
+from perserbench.method import Method
+from perserbench.registry import register_method
+from perserbench.report import analyse, combine, load_comparison, write_report
+from perserbench.results import RunResult, load_result, save_result
+from perserbench.runner import run, write_result
+from perserbench.tasks import load_task
+
+
+class _Constant:
+    def __init__(self, proba: torch.Tensor) -> None:
+        self.proba = proba
+
+    def predict_proba(self, items: Items) -> torch.Tensor:
+        return self.proba.expand(len(items), -1).clone()
+
+
+@register_method("rp-prior")
+class Prior(Method):
+    """Meta-train label rate per class; ignores the support set."""
+
+    def meta_fit(self, train: MetaTrainSet) -> None:
+        self.rate_ = train.y.mean(dim=0, keepdim=True)
+
+    def adapt(self, support: LabelledItems) -> _Constant:
+        return _Constant(self.rate_)
+
+
+@register_method("rp-support")
+class SupportRate(Method):
+    """The listener's own label rate per class in the support set."""
+
+    def meta_fit(self, train: MetaTrainSet) -> None:
+        pass
+
+    def adapt(self, support: LabelledItems) -> _Constant:
+        return _Constant(support.y.mean(dim=0, keepdim=True))
+
+
+FAST = {"epochs": "2"}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Result files written by the runner: consensus (seeds 0 and 1 together, and each alone),
+    and two simple registered methods."""
+    root = tmp_path_factory.mktemp("report-inputs")
+    (root / "toy.toml").write_text(TOY_TASK)
+    task = load_task(root / "toy.toml")
+    files = {
+        "consensus": write_result(run("consensus", task, [1, 5], seeds=[0, 1], config_overrides=FAST), root / "main"),
+        "rp-prior": write_result(run("rp-prior", task, [1, 5]), root / "main"),
+        "rp-support": write_result(run("rp-support", task, [1, 5]), root / "main"),
+    }
+    for seed in (0, 1):
+        files[f"consensus-s{seed}"] = write_result(run("consensus", task, [1, 5], seeds=[seed], config_overrides=FAST),
+                                                   root / f"seed{seed}")
+    return files
+
+
+def _variant(result: RunResult, name: str, shift: float = 0.0, metric: str = "macro_f1") -> RunResult:
+    """A copy of ``result`` under another method name with ``shift`` added to every episode."""
+    out = dataclasses.replace(result, method={**result.method, "name": name})
+    out.episodes = [dataclasses.replace(r, **{metric: getattr(r, metric) + shift}) for r in result.episodes]
+    return out
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    from perserbench.cli import main
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["perserbench", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return invoke
+
+
+def _one_line_error(code: int, err: str) -> str:
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+# ----------------------------------------------------------------------- the report
+
+
+def test_compare_writes_a_complete_report_from_runner_results(runs, tmp_path, cli):
+    out = tmp_path / "report"
+    code, stdout, err = cli("compare", runs["consensus"].parent, "--out", out)
+    assert code == 0, err
+    assert "consensus" in stdout and "rp-support" in stdout and "Friedman across 4 cells" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["figures", "report.html", "report.json", "report.md"]
+    # shots curves per scenario, CD across cells, one CD per cell (3 methods, 6 listeners)
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert figures == ["cd-overall.png", "cd-toy-seen-1.png", "cd-toy-seen-5.png", "cd-toy-unseen-1.png",
+                       "cd-toy-unseen-5.png", "shots-toy-seen.png", "shots-toy-unseen.png"]
+    md = (out / "report.md").read_text()
+    for name in re.findall(r"\]\(figures/([^)]+)\)", md):
+        assert (out / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Summary — toy" in md and "## Pairwise comparisons — toy · unseen · K=5" in md
+    page = (out / "report.html").read_text()
+    sources = re.findall(r'<img [^>]*src="([^"]+)"', page)
+    assert len(sources) == len(figures) and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert {base64.b64decode(s.split(",", 1)[1]) for s in sources} == {p.read_bytes() for p in (out / "figures").iterdir()}
+    assert not re.search(r'(src|href)="(?!data:)', page)  # self-contained
+    assert not list(out.rglob(".*"))  # no temp files left
+
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["seeds"] == {"consensus": [0, 1], "rp-prior": [0], "rp-support": [0]}
+    assert len(doc["cells"]) == 4 and all(len(c["pairs"]) == 3 for c in doc["cells"])
+
+
+def test_report_numbers_recompute_from_the_result_files(runs):
+    an = analyse(load_comparison([runs["consensus"], runs["rp-prior"], runs["rp-support"]]))
+    files = {m: load_result(runs[m]) for m in ("consensus", "rp-prior", "rp-support")}
+    for cell in an.cells:
+        _, scenario, k = cell.key
+        per_listener = {}
+        for m, r in files.items():
+            recs = [x for x in r.listeners if x.scenario == scenario and x.shots == k]
+            per_listener[m] = np.array([x.macro_f1 for x in sorted(recs, key=lambda x: x.listener)])
+            summary = next(s for s in r.summary if (s.scenario, s.shots, s.metric) == (scenario, k, "macro_f1"))
+            assert cell.methods[m].mean == pytest.approx(summary.mean)
+            if m != "consensus":  # one seed: the runner's own CI (same bootstrap, same seed)
+                assert (cell.methods[m].ci_low, cell.methods[m].ci_high) == pytest.approx((summary.ci_low, summary.ci_high))
+        raw = [p.p_value for p in cell.pairs]
+        for p in cell.pairs:
+            a, b = per_listener[p.a], per_listener[p.b]
+            assert p.mean_diff == pytest.approx(np.mean(a - b)) and p.mean_diff >= 0
+            expected = 1.0 if np.allclose(a, b) else sps.wilcoxon(a, b).pvalue
+            assert p.p_value == pytest.approx(expected)
+            m = len(raw)
+            rank = sorted(raw).index(p.p_value)
+            assert p.p_holm >= min(1.0, (m - rank) * p.p_value) - 1e-12
+        ranked = ["consensus", "rp-prior", "rp-support"]
+        scores = np.array([[per_listener[m][i] for m in ranked] for i in range(6)])
+        assert cell.friedman.p_value == pytest.approx(sps.friedmanchisquare(*scores.T).pvalue)
+        best = max(ranked, key=lambda m: cell.methods[m].mean)
+        assert [m for m in ranked if cell.methods[m].best] == [best]
+        for m in ranked:
+            if m != "consensus":
+                pc = next(p for p in cell.pairs if {p.a, p.b} == {m, "consensus"})
+                assert bool(cell.methods[m].vs_reference) == (pc.p_holm <= 0.05)
+    assert an.overall is not None and an.overall.n_blocks == 4
+
+
+def test_report_is_deterministic(runs, tmp_path):
+    data = load_comparison([runs["consensus"].parent])
+    write_report(analyse(data), tmp_path / "a")
+    write_report(analyse(data), tmp_path / "b")
+    for f in sorted((tmp_path / "a").rglob("*")):
+        if f.is_file():
+            assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes(), f.name
+
+
+def test_seeds_in_separate_files_average_like_one_file(runs):
+    together = analyse(load_comparison([runs["consensus"]]))
+    apart = analyse(load_comparison([runs["consensus-s0"], runs["consensus-s1"]]))
+    one = analyse(load_comparison([runs["consensus-s0"]]))
+    for a, b, c in zip(together.cells, apart.cells, one.cells):
+        assert a.methods["consensus"] == b.methods["consensus"]
+        assert a.listener_scores == b.listener_scores
+        assert a.listener_scores != c.listener_scores  # the seeds do differ
+    # seed averaging is within listener-episode: the listener mean is the mean over both seeds
+    r = load_result(runs["consensus"])
+    cell = together.cells[0]
+    _, scenario, k = cell.key
+    recs = [x for x in r.listeners if x.scenario == scenario and x.shots == k]
+    assert cell.listener_scores["consensus"] == pytest.approx([x.macro_f1 for x in sorted(recs, key=lambda x: x.listener)])
+
+
+def test_a_copy_is_not_significantly_different(runs):
+    base = load_result(runs["rp-support"])
+    an = analyse(combine([("a", load_result(runs["consensus"])), ("b", base), ("c", _variant(base, "copy"))]))
+    for cell in an.cells:
+        pair = next(p for p in cell.pairs if {p.a, p.b} == {"copy", "rp-support"})
+        assert pair.p_value == 1.0 and pair.p_holm == 1.0 and pair.mean_diff == 0.0
+        assert pair.ci_low == pair.ci_high == 0.0
+
+
+@pytest.mark.parametrize("shift, mark", [(0.05, "▲"), (-0.05, "▼")])
+def test_a_constant_shift_is_significant_with_its_sign(runs, shift, mark, tmp_path):
+    base = load_result(runs["consensus"])
+    shifted = _variant(base, "shifted", shift)
+    an = analyse(combine([("base", base), ("shifted", shifted)]))
+    for cell in an.cells:
+        (pair,) = cell.pairs
+        assert pair.a == ("shifted" if shift > 0 else "consensus")
+        assert pair.mean_diff == pytest.approx(abs(shift))
+        # 6 listeners all moving the same way: the exact two-sided Wilcoxon p is 2/2^6
+        assert pair.p_value == pytest.approx(2 / 64) and pair.p_holm == pytest.approx(2 / 64)
+        assert cell.methods["shifted"].vs_reference == mark
+        assert cell.methods["shifted"].best == (shift > 0)
+        assert cell.methods["consensus"].worse_than_best == (shift > 0)
+    write_report(an, tmp_path)
+    assert f" {mark}" in (tmp_path / "report.md").read_text()
+
+
+# ----------------------------------------------------------------------- refusals
+
+
+def test_refuses_incomparable_results(runs, tmp_path, cli):
+    base = load_result(runs["consensus"])
+    other = load_result(runs["rp-prior"])
+
+    def refused(changed: RunResult, *expected: str) -> None:
+        path = save_result(changed, tmp_path / "changed.json")
+        code, _, err = cli("compare", runs["consensus"], path, "--out", tmp_path / "out")
+        line = _one_line_error(code, err)
+        for text in expected:
+            assert text in line, line
+        assert not (tmp_path / "out").exists()
+
+    refused(dataclasses.replace(other, task={**other.task, "hash": "0" * 16}), "task.hash differs", "toy")
+    drop = other.episodes[0]
+    refused(dataclasses.replace(other, episodes=[r for r in other.episodes if r.listener != drop.listener]),
+            "listeners differ", f"listener {drop.listener}")
+    refused(dataclasses.replace(other, episodes=other.episodes[1:]),
+            "episodes differ", f"listener {drop.listener} episode {drop.episode}")
+    refused(dataclasses.replace(base), "appears twice")  # the same run passed under two file names
+    code, _, err = cli("compare", runs["consensus"], "--metric", "auc", "--out", tmp_path / "out")
+    assert "unknown metric 'auc'" in _one_line_error(code, err)
+    code, _, err = cli("compare", tmp_path / "nothing-here", "--out", tmp_path / "out")
+    assert "no such result file" in _one_line_error(code, err)
+
+
+def test_two_configs_of_one_method_are_labelled_apart(runs):
+    base = load_result(runs["rp-prior"])
+    other = dataclasses.replace(base, method={**base.method, "config_hash": "abcdef" + "0" * 10})
+    data = combine([("x", base), ("y", other)])
+    assert set(data.methods) == {f"rp-prior@{base.method['config_hash'][:6]}", "rp-prior@abcdef"}
+
+
+def test_other_metric_and_two_methods_only(runs, tmp_path, cli):
+    code, stdout, err = cli("compare", runs["consensus"], runs["rp-prior"], "--metric", "top1", "--out", tmp_path)
+    assert code == 0, err
+    assert "needs at least 3 ranked methods" in stdout
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert doc["metric"] == "top1" and doc["overall"] is None
+    r = load_result(runs["rp-prior"])
+    s = next(x for x in r.summary if x.metric == "top1")
+    cell = next(c for c in doc["cells"] if (c["scenario"], c["shots"]) == (s.scenario, s.shots))
+    assert next(m for m in cell["methods"] if m["label"] == "rp-prior")["mean"] == pytest.approx(s.mean)
+
+
+# ----------------------------------------------------------------------- the browser
+
+
+def test_html_report_renders_in_headless_chromium(runs, tmp_path):
+    import browser
+    from PIL import Image
+
+    out = tmp_path / "report"
+    write_report(analyse(load_comparison([runs["consensus"].parent])), out)
+    check = browser.check_page(out / "report.html")
+    assert check.errors == []
+    assert len(check.images) == 7 and check.broken_images == []
+    assert all(i["width"] > 100 and i["height"] > 100 for i in check.images)
+    shot = browser.screenshot(out / "report.html", tmp_path / "report.png")
+    image = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert image.std() > 10, "screenshot is blank"
