@@ -21,7 +21,7 @@ def summary_table(an: object) -> Table:
     assert isinstance(an, Analysis)
     table = Table(title=f"{an.data.metric}: mean over test listeners [95% CI]  "
                         f"(bold best; ▲/▼ vs {REFERENCE}; † worse than best; Holm, α={an.alpha})")
-    table.add_column("method")
+    table.add_column("method", no_wrap=True)
     for c in an.cells:
         table.add_column(f"{c.key[0]} {c.key[1]} K={c.key[2]}" if len(an.data.tasks) > 1 else f"{c.key[1]} K={c.key[2]}",
                          justify="right")
@@ -32,8 +32,8 @@ def summary_table(an: object) -> Table:
             if mc is None:
                 row.append("—")
                 continue
-            text = f"{mc.mean:.3f} [{mc.ci_low:.3f}, {mc.ci_high:.3f}]" + (f" {mc.marks}" if mc.marks else "")
-            row.append(f"[bold]{text}[/bold]" if mc.best else text)
+            head = f"{mc.mean:.3f}" + (f" {mc.marks}" if mc.marks else "")
+            row.append((f"[bold]{head}[/bold]" if mc.best else head) + f"\n[dim][{mc.ci_low:.3f}, {mc.ci_high:.3f}][/dim]")
         table.add_row(*row)
     return table
 
