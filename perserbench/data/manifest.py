@@ -24,6 +24,7 @@ error naming the file and line.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +33,13 @@ import numpy as np
 
 from perserbench.data import register_corpus
 from perserbench.data.corpus import Corpus, Utterance
-from perserbench.data.loading import CorpusBuilder, check_policy, line_error, read_csv_rows
+from perserbench.data.loading import (
+    CorpusBuilder,
+    check_policy,
+    line_error,
+    read_csv_rows,
+    root_env_var,
+)
 from perserbench.errors import PerserbenchError
 
 REQUIRED = ("utterance_id", "listener_id", "labels")
@@ -78,7 +85,10 @@ def load_manifest(path: str | Path | None = None, root: str | Path | None = None
     ``path`` because the CLI passes ``--root`` to every corpus."""
     source = path if path is not None else root
     if source is None or str(source) == "":
-        raise PerserbenchError("corpus 'manifest' needs the manifest file: pass --root FILE (or path=FILE)")
+        source = os.environ.get(root_env_var("manifest"), "")
+    if str(source) == "":
+        raise PerserbenchError("corpus 'manifest' needs the manifest file: pass --root FILE (or path=FILE), "
+                               f"or set {root_env_var('manifest')}")
     file = Path(source).expanduser().resolve()
     if not file.is_file():
         raise PerserbenchError(f"corpus 'manifest': manifest file {file} not found")
