@@ -221,8 +221,8 @@ def extract_features(corpus: Corpus, upstream: str, key: str | None = None, *,
     partial = _partial_dir(entry)
     n, n_layers, dim = len(plan_ids), int(desc["layers"]), int(desc["dim"])
     resumed_rows = 0
-    if partial.exists() and _read_json(partial / PLAN) != plan:
-        shutil.rmtree(partial)  # a different job (corpus or upstream changed): start over
+    if partial.exists() and (force or _read_json(partial / PLAN) != plan):
+        shutil.rmtree(partial)  # a different job (corpus or upstream changed) or --force: start over
     if partial.exists() and (partial / DONE).is_file():
         done = np.load(partial / DONE)
         layers = [np.load(_layer_file(partial, i), mmap_mode="r+") for i in range(n_layers)]
