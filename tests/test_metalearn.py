@@ -176,9 +176,16 @@ def test_derivative_annealing_switches_order_at_the_configured_epoch(toy_train, 
 def test_combined_set_feeds_the_same_items_to_inner_and_outer_loops(toy_train):
     gen = torch.Generator().manual_seed(3)
     combined = EpisodeSampler(toy_train, 4, 5, combined=True, meta_batch=3).sample(gen)
-    assert combined.combined and combined.query_rows is combined.support_rows
-    assert combined.xq is combined.xs and combined.yq is combined.ys and combined.mq is combined.ms
-    assert combined.ms.sum(1).tolist() == [9.0, 9.0, 9.0]  # support + query items, used by both loops
+    assert combined.combined
+    assert combined.ms.sum(1).tolist() == [4.0, 4.0, 4.0]  # the inner loop adapts on `support` items
+    assert combined.mq.sum(1).tolist() == [9.0, 9.0, 9.0]  # the outer loss sees the whole combined set
+    for s, q, who in zip(combined.support_rows, combined.query_rows, combined.listeners):
+        inner, outer = set(s.tolist()), set(q.tolist())
+        assert inner < outer  # every inner-loop item also shapes the outer loss...
+        assert outer - inner  # ...and the outer loss also sees items the inner loop did not fit
+        assert (toy_train.listener[q] == who).all()
+    # the outer tensors are the gathered query rows (support items included, in the same order)
+    assert torch.equal(combined.xq[:, :4], combined.xs) and torch.equal(combined.yq[:, :4], combined.ys)
     split = EpisodeSampler(toy_train, 4, 5, combined=False, meta_batch=3).sample(gen)
     assert not split.combined
     for s, q, who in zip(split.support_rows, split.query_rows, split.listeners):

@@ -38,9 +38,14 @@ def corpus_options(root: Path | None, options: list[str] | None) -> dict[str, ob
 
 def result_table(result: RunResult) -> Table:
     """Per (scenario, K): mean macro-F1 with 95% CI, micro-F1, top-1, listeners, episodes."""
-    table = Table(title=f"{result.method_name} on {result.task_name} (task hash {result.task['hash']})")
+    table = Table(title=f"{result.method_name} on {result.task_name} (task hash {result.task['hash']})",
+                  pad_edge=False)
+    # no_wrap: a CI such as "0.447 [0.398, 0.497]" must stay on one line in an 80-column
+    # terminal: no column wraps, and pad_edge=False saves the two characters that 80 lacked.
     for col in ("scenario", "K", "macro-F1 [95% CI]", "micro-F1", "top-1", "listeners", "episodes"):
-        table.add_column(col, justify="left" if col == "scenario" else "right")
+        wide = col.startswith("macro")
+        table.add_column(col, justify="left" if col == "scenario" else "right", no_wrap=True,
+                         min_width=20 if wide else None)
     by_cell: dict[tuple[str, int], dict[str, object]] = {}
     for rec in result.summary:
         by_cell.setdefault((rec.scenario, rec.shots), {})[rec.metric] = rec
