@@ -116,23 +116,31 @@ def tasks_command(
     """List tasks with listeners, folds, scenarios, shots and split hash."""
     from perserbench.tasks import load_task_spec, resolve_task, task_names
 
-    table = Table(title="tasks")
-    for col in ("task", "version", "corpus", "features", "listeners", "folds", "scenarios", "shots", "hash"):
-        table.add_column(col)
+    table = Table(title="tasks", box=None, pad_edge=False, padding=(0, 1), header_style="bold underline")
+    table.add_column("task", no_wrap=True, min_width=17)
+    table.add_column("corpus", no_wrap=True)
+    table.add_column("tested/all", justify="right", no_wrap=True)
+    table.add_column("folds", justify="right", no_wrap=True)
+    table.add_column("scenarios", no_wrap=True)
+    table.add_column("K", no_wrap=True)
+    table.add_column("split hash", no_wrap=True, min_width=16)
+    unresolved: list[str] = []
     for name in task_names():
         spec = load_task_spec(name)
         listeners, hash_ = "-", "-"
         try:
             resolved = resolve_task(spec, {"root": str(root)} if root else None)
             tested = {x for f in resolved.folds for v in f.test.values() for x in v}
-            listeners = f"{len(tested)} tested / {len(resolved.corpus.listeners)}"
+            listeners = f"{len(tested)}/{len(resolved.corpus.listeners)}"
             hash_ = resolved.hash
         except PerserbenchError as exc:  # e.g. a real corpus whose files are not here
-            listeners = f"[dim]{str(exc)[:60]}…[/dim]"
-        table.add_row(name, spec.version, spec.corpus.name, spec.corpus.features, listeners,
-                      str(spec.listeners.folds), ",".join(spec.episodes.scenarios),
+            unresolved.append(f"{name}: {exc}")
+        table.add_row(name, spec.corpus.name, listeners,
+                      str(spec.listeners.folds), "+".join(spec.episodes.scenarios),
                       ",".join(map(str, spec.episodes.shots)), hash_)
     console.print(table)
+    for line in unresolved:
+        console.print(f"[dim]not resolved — {line}[/dim]", soft_wrap=True)
 
 
 @app.command("sweep")
