@@ -151,3 +151,69 @@ def test_every_config_field_documents_its_default():
     for method in METHODS:
         for f in config_fields(method):
             assert len(f.doc) > 15, f"{method}.{f.name} has no documented reason"
+
+
+def test_meta_perser_pretraining_is_the_consensus_model(toy):
+    """init='consensus' with the consensus method's own epochs and no meta-learning and no
+    adaptation is exactly `consensus` — the pretraining is the reference model, not a lookalike."""
+    consensus = predictions(toy, "consensus", {})
+    pretrained = predictions(toy, "meta-perser", {"pretrain_epochs": "30", "meta_epochs": "0", "inner_steps": "0"})
+    assert all(np.allclose(x, y, atol=1e-6) for x, y in zip(consensus, pretrained))
+    shorter = predictions(toy, "meta-perser", {"pretrain_epochs": "2", "meta_epochs": "0", "inner_steps": "0"})
+    assert not all(np.allclose(x, y) for x, y in zip(consensus, shorter))  # the config field is used
+
+
+def _fake_result(method: str, per_listener: dict[str, float]):
+    from perserbench.results import ListenerRecord, RunResult, SummaryRecord
+
+    listeners = [ListenerRecord(name, "seen", 5, 1, score, score, score) for name, score in per_listener.items()]
+    mean = float(np.mean(list(per_listener.values())))
+    summary = [SummaryRecord("seen", 5, "macro_f1", mean, mean - 0.01, mean + 0.01, len(listeners), len(listeners))]
+    return RunResult(1, "0", None, {"name": "t", "version": "1", "hash": "h"}, {"name": method, "config": {}},
+                     [0], ["seen"], [5], [], listeners, summary, 0.0)
+
+
+def test_versus_consensus_flags_a_real_gain_and_not_a_copy():
+    """The paired check behind the synthetic-uniform sanity test (benchmarks/versus_consensus.py)
+    must be able to fail: a method better for every listener is significant, a copy is not."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from versus_consensus import compare
+
+    rng = np.random.default_rng(0)
+    base = {f"L{i:02d}": float(s) for i, s in enumerate(rng.uniform(0.3, 0.5, size=16))}
+    better = {k: v + 0.05 + 0.01 * rng.random() for k, v in base.items()}
+    cells = {c.method: c for c in compare([_fake_result("consensus", base), _fake_result("copy", base),
+                                           _fake_result("better", better)])}
+    assert cells["better"].p_value < 0.001 and cells["better"].diff > 0.05
+    assert cells["copy"].p_value == 1.0 and cells["copy"].diff == 0.0
+    with pytest.raises(PerserbenchError, match="no 'consensus' result"):
+        compare([_fake_result("copy", base)])
+
+
+PERSONALIZATION = ("finetune", "protonet", "maml", "meta-perser")
+
+
+@pytest.mark.slow
+def test_no_method_beats_consensus_on_synthetic_uniform():
+    """DESIGN §4 sanity check: when every listener perceives alike, personalization has nothing
+    to learn, so no method (default config) may beat consensus significantly — paired Wilcoxon
+    over test listeners, per scenario and K (alpha 0.05, uncorrected: stricter for the methods)."""
+    from perserbench.stats import paired_test
+
+    task = load_task("synthetic-uniform")
+    ref = run("consensus", task, [1, 5, 20])
+
+    def scores(result, scenario, k):
+        return {r.listener: r.macro_f1 for r in result.listeners if r.scenario == scenario and r.shots == k}
+
+    for method in PERSONALIZATION:
+        result = run(method, task, [1, 5, 20])
+        for scenario in ("seen", "unseen"):
+            for k in (1, 5, 20):
+                mine, theirs = scores(result, scenario, k), scores(ref, scenario, k)
+                names = sorted(mine)
+                test = paired_test(np.array([mine[n] for n in names]), np.array([theirs[n] for n in names]))
+                assert not (test.p_value < 0.05 and test.mean_diff > 0), (method, scenario, k, test)
