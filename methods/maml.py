@@ -47,6 +47,8 @@ class MamlConfig:
     query: int = _doc(15, "outer-loss items per training episode (disjoint from the support unless combined)")
     combined: bool = _doc(False, "vanilla MAML: disjoint support/query split within each sampled listener")
     inner_steps: int = _doc(5, "inner SGD steps at meta-training and at test time (MAML's usual 5)")
+    adapt_steps: int = _doc(-1, "inner steps at test time; -1 = inner_steps. 0 evaluates the meta-learned "
+                                "init unadapted (the ablation that separates personalization from the init)")
     inner_lr: float = _doc(0.1, "inner SGD lr: large enough to move a BCE head in 5 steps, small enough to "
                                 "stay stable at K=1 (validation split of meta-train listeners)")
     outer_lr: float = _doc(1e-3, "Adam on the meta-parameters; MAML's default")
@@ -72,6 +74,9 @@ class MamlFamily(Method):
         for key in ("pretrain_epochs", "meta_epochs", "steps_per_epoch", "meta_batch", "support", "query", "inner_steps"):
             if getattr(c, key) < (0 if key in ("pretrain_epochs", "meta_epochs", "inner_steps") else 1):
                 raise PerserbenchError(f"method {self.name!r}: config {key}={getattr(c, key)} is out of range")
+        if not -1 <= c.adapt_steps <= c.inner_steps:
+            raise PerserbenchError(f"method {self.name!r}: config adapt_steps={c.adapt_steps} must be -1 (= "
+                                   f"inner_steps) or 0..inner_steps={c.inner_steps} (one learned lr per step)")
 
     def initial_head(self, train: MetaTrainSet) -> EmotionHead:
         c = self.config

@@ -488,5 +488,6 @@ class MetaLearner:
         return self.history
 
     def adapt_many(self, supports: Sequence[LabelledItems]) -> list[AdaptedPredictor]:
-        return adapt_many(self.form, self.meta, self.lrs, supports, self.pos_weight, self.settings.inner_steps,
-                          self.settings.chunk)
+        steps = getattr(self.settings, "adapt_steps", -1)
+        steps = self.settings.inner_steps if steps < 0 else steps
+        return adapt_many(self.form, self.meta, self.lrs, supports, self.pos_weight, steps, self.settings.chunk)
