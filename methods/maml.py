@@ -30,8 +30,8 @@ INITS = ("random", "consensus")
 class MamlConfig:
     init: str = _doc("random", "vanilla MAML learns its initialisation from scratch; 'consensus' starts from "
                                "the fold's consensus model (the meta-perser pretraining)")
-    pretrain_epochs: int = _doc(30, "with init='consensus': epochs of the consensus pretraining (the consensus "
-                                    "method's own 30 by default, i.e. the same model)")
+    pretrain_epochs: int = _doc(4, "with init='consensus': epochs of the consensus pretraining (the consensus "
+                                   "method's own 4 by default, i.e. the same model)")
     hidden: int = _doc(256, "the shared head's width (as consensus), so methods differ only in training")
     layer_weights: bool = _doc(True, "meta-learn the softmax weighting of upstream layers (outer loop only)")
     meta_epochs: int = _doc(3, "3 x 40 = 120 outer steps. Validation split of meta-train listeners "
