@@ -37,7 +37,7 @@ class SweepJob:
 
 
 @lru_cache(maxsize=8)
-def _resolved(task: str, corpus_options: tuple[tuple[str, Any], ...]):  # noqa: ANN202
+def _resolved(task: str, corpus_options: tuple[tuple[str, Any], ...]):
     from perserbench.tasks import load_task
 
     return load_task(task, dict(corpus_options))

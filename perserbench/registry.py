@@ -9,9 +9,10 @@ import dataclasses
 import importlib
 import pkgutil
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Callable
+from typing import Any
 
 from perserbench.errors import PerserbenchError
 from perserbench.method import Method

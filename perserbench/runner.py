@@ -32,7 +32,7 @@ ProgressCallback = Callable[[str, int], None]  # (description, steps done now)
 
 def _git_revision() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], check=False, capture_output=True, text=True, timeout=5,
                              cwd=Path(perserbench.__file__).resolve().parent.parent)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -119,7 +119,7 @@ def run(
     )
 
 
-def _evaluate_cell(model, task, fold, scenario, k, seed) -> list[EpisodeRecord]:  # noqa: ANN001
+def _evaluate_cell(model, task, fold, scenario, k, seed) -> list[EpisodeRecord]:
     episodes = sample_episodes(task, fold, scenario, k)
     if not episodes:
         return []

@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from perserbench.episodes import (
-    Episode, MetaTrainSet, all_episodes, check_episode, episode_items, sample_episodes,
+    Episode,
+    MetaTrainSet,
+    all_episodes,
+    check_episode,
+    episode_items,
+    sample_episodes,
 )
 from perserbench.errors import LeakageError, PerserbenchError
 from perserbench.tasks import ListenerFold, load_task

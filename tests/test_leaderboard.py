@@ -17,16 +17,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TOY_TASK
 
 from perserbench.episodes import Items, LabelledItems, MetaTrainSet
-from perserbench.leaderboard import CEILING_METHODS, TaskResolver, build, check_board, validate_result
+from perserbench.leaderboard import (
+    CEILING_METHODS,
+    TaskResolver,
+    build,
+    check_board,
+    validate_result,
+)
 from perserbench.method import EmptyConfig, Method, config_hash
 from perserbench.registry import register_method
-from perserbench.results import load_result, save_result
+from perserbench.results import load_result
 from perserbench.runner import result_filename, run, write_result
 from perserbench.tasks import load_task
-
-from conftest import TOY_TASK
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -148,7 +153,7 @@ def _one_line_error(err: str) -> str:
 def test_generated_results_validate_and_submit_copies_them_byte_for_byte(tmp_path, toy_inputs, cli):
     board = tmp_path / "board"
     sources = [toy_inputs[m] for m in ("consensus", "lb-prior", "oracle")]
-    code, out, err = cli("leaderboard", "submit", *sources, "--board", board, "--tasks", toy_inputs["tasks"])
+    code, _, err = cli("leaderboard", "submit", *sources, "--board", board, "--tasks", toy_inputs["tasks"])
     assert code == 0, err
     placed = sorted((board / "results").iterdir())
     assert [p.name for p in placed] == sorted(result_filename(load_result(s)) for s in sources)
@@ -351,7 +356,7 @@ class _Page(HTMLParser):
         self.links: list[str] = []
         self.external: list[str] = []
 
-    def handle_starttag(self, tag, attrs):  # noqa: ANN001
+    def handle_starttag(self, tag, attrs):
         a = dict(attrs)
         if tag == "table":
             self.tables += 1
@@ -367,7 +372,7 @@ class _Page(HTMLParser):
         if tag in {"script", "link", "img"} and (a.get("src") or a.get("href") or "").startswith(("http", "//")):
             self.external.append(tag)
 
-    def handle_endtag(self, tag):  # noqa: ANN001
+    def handle_endtag(self, tag):
         if tag == "select":
             self._select = None
 

@@ -47,7 +47,7 @@ def test_listener_mean_then_listener_average():
     listeners = {r.listener: r for r in listener_aggregates(recs)}
     assert listeners["x"].macro_f1 == pytest.approx(0.3)
     assert listeners["x"].n_episodes == 2
-    summary = [s for s in summarize(recs) if s.metric == "macro_f1"][0]
+    summary = next(s for s in summarize(recs) if s.metric == "macro_f1")
     assert summary.mean == pytest.approx(0.65)  # listeners weigh equally, not episodes
     assert summary.ci_low <= summary.mean <= summary.ci_high
     assert (summary.n_listeners, summary.n_episodes) == (2, 3)

@@ -60,14 +60,14 @@ def plugin_python(tmp_path_factory) -> Path:
     (purelib / "_perserbench_parent.pth").write_text(f"import site; site.addsitedir({parent!r})\n")
     source = root / "src"  # build from a copy: setuptools leaves build/ and egg-info next to the sources
     shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    proc = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet",
+    proc = subprocess.run(check=False, args=[str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet",
                            str(source)], capture_output=True, text=True, env=OFFLINE)
     assert proc.returncode == 0, proc.stderr
     return python
 
 
 def _in_venv(python: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(python), *args], capture_output=True, text=True, cwd=cwd, env=OFFLINE, timeout=600)
+    return subprocess.run([str(python), *args], check=False, capture_output=True, text=True, cwd=cwd, env=OFFLINE, timeout=600)
 
 
 def test_plugin_is_installed_in_the_fresh_venv_only(plugin_python, tmp_path):
@@ -145,7 +145,7 @@ def project_copy(tmp_path) -> Path:
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(cwd)}  # `methods` resolves to the copy's package
-    return subprocess.run([sys.executable, "-m", "perserbench", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "perserbench", *args], check=False, capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=600)
 
 
@@ -158,7 +158,7 @@ def test_new_method_writes_a_method_and_a_test_that_pass_as_generated(project_co
     assert "class MyBlend(Method)" in method_file.read_text()
     listed = _cli("methods", cwd=project_copy)
     assert listed.returncode == 0 and "my-blend" in listed.stdout, listed.stderr
-    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file)],
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file)], check=False,
                            capture_output=True, text=True, cwd=project_copy,
                            env={**os.environ, "PYTHONPATH": str(project_copy)}, timeout=600)
     assert tests.returncode == 0, tests.stdout + tests.stderr

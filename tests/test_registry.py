@@ -7,7 +7,12 @@ from perserbench.cli import app
 from perserbench.errors import PerserbenchError
 from perserbench.method import Method, config_hash
 from perserbench.registry import (
-    config_fields, create_method, get_method, make_config, method_names, register_method,
+    config_fields,
+    create_method,
+    get_method,
+    make_config,
+    method_names,
+    register_method,
 )
 
 

@@ -1,11 +1,10 @@
 from pathlib import Path
 
 import pytest
+from conftest import TOY_TASK
 
 from perserbench.errors import PerserbenchError
 from perserbench.tasks import load_task, load_task_spec, resolve_task
-
-from conftest import TOY_TASK
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -25,7 +25,7 @@ TasksOption = Annotated[Path | None, typer.Option(
 RootOption = Annotated[Path | None, typer.Option("--root", help="Corpus root directory (real corpora).")]
 
 
-def _resolver(tasks: Path | None, root: Path | None):  # noqa: ANN202 - lazy import keeps --help fast
+def _resolver(tasks: Path | None, root: Path | None):
     from perserbench.leaderboard import TaskResolver
 
     return TaskResolver(tasks, {"root": str(root)} if root else None)
