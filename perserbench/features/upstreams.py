@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -173,7 +174,11 @@ class HFUpstream(Upstream):
         # and no mask; the pooling below still ignores their padded frames.
         if getattr(self.extractor, "return_attention_mask", True):
             kwargs["attention_mask"] = sample_mask
-        hidden = torch.stack(self.model(**kwargs).hidden_states, dim=1).float()  # [B, L, T, D]
+        with warnings.catch_warnings():
+            # WavLM's own attention mixes mask types inside transformers; torch deprecates that,
+            # and nothing a user passes can change it.
+            warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask")
+            hidden = torch.stack(self.model(**kwargs).hidden_states, dim=1).float()  # [B, L, T, D]
         frames = self.model._get_feat_extract_output_lengths(sample_mask.sum(-1)).clamp(min=1, max=hidden.shape[2])
         valid = (torch.arange(hidden.shape[2], device=hidden.device)[None, :] < frames[:, None]).float()
         pooled = (hidden * valid[:, None, :, None]).sum(2) / frames[:, None, None].float()
