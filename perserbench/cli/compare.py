@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -15,25 +16,28 @@ console = Console()
 
 
 def summary_table(an: object) -> Table:
-    """Rich version of the report's summary: mean [CI] and marks per method and cell."""
+    """Rich version of the report's summary, transposed to fit a terminal: one row per cell
+    (task, scenario, K), one column per method; mean with its marks, and the 95% CI to two
+    decimals underneath (the report files carry three)."""
     from perserbench.report import REFERENCE, Analysis
 
     assert isinstance(an, Analysis)
-    table = Table(title=f"{an.data.metric}: mean over test listeners [95% CI]  "
-                        f"(bold best; ▲/▼ vs {REFERENCE}; † worse than best; Holm, α={an.alpha})")
-    table.add_column("method", no_wrap=True)
-    for c in an.cells:
-        table.add_column(f"{c.key[0]} {c.key[1]} K={c.key[2]}" if len(an.data.tasks) > 1 else f"{c.key[1]} K={c.key[2]}",
-                         justify="right")
+    table = Table(title=f"{an.data.metric}: mean over test listeners, 95% CI below\n"
+                        f"(bold best; ▲/▼ vs {REFERENCE}; † worse than best; Holm, α={an.alpha})",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("cell", no_wrap=True)
     for label in an.data.methods:
-        row = [label]
-        for c in an.cells:
+        table.add_column(label, justify="right", no_wrap=True)
+    for c in an.cells:
+        row = [f"{c.key[0]} {c.key[1]} K={c.key[2]}" if len(an.data.tasks) > 1 else f"{c.key[1]} K={c.key[2]}"]
+        for label in an.data.methods:
             mc = c.methods.get(label)
             if mc is None:
                 row.append("—")
                 continue
-            head = f"{mc.mean:.3f}" + (f" {mc.marks}" if mc.marks else "")
-            row.append((f"[bold]{head}[/bold]" if mc.best else head) + f"\n[dim][{mc.ci_low:.3f}, {mc.ci_high:.3f}][/dim]")
+            head = f"{mc.mean:.3f}{mc.marks}"
+            ci = f"[dim]{mc.ci_low:.2f}–{mc.ci_high:.2f}[/dim]".replace("0.", ".")
+            row.append((f"[bold]{head}[/bold]" if mc.best else head) + "\n" + ci)
         table.add_row(*row)
     return table
 
