@@ -30,3 +30,48 @@ def test_unknown_executor_and_method(tmp_path, toy_task_file):
         execute([], "slurm")
     with pytest.raises(PerserbenchError, match="unknown method"):
         plan(["nope"], [str(toy_task_file)], [0], [1], ["seen"], tmp_path)
+
+
+# A cut-down task on the bundled synthetic corpus: worker processes (spawned, or Ray's) do not
+# import this test suite, so they cannot see the conftest `toy` corpus.
+SMALL_SYNTHETIC = """
+name = "synthetic-small"
+version = "0.1"
+[corpus]
+name = "synthetic"
+features = "synthetic"
+labels = ["neutral", "happy", "sad", "angry", "frustrated", "excited"]
+[listeners]
+folds = 2
+seed = 3
+[utterances]
+split = "session"
+heldout = ["Ses05"]
+[episodes]
+scenarios = ["unseen"]
+shots = [1]
+query = 10
+min_query = 10
+episodes = 2
+seed = 5
+"""
+
+
+def _episodes_by_method(paths):
+    import json
+    from pathlib import Path
+
+    return {Path(p).name: json.loads(Path(p).read_text())["episodes"] for p in paths}
+
+
+@pytest.mark.parametrize("executor", ["process", "ray"])
+def test_parallel_executors_give_the_sequential_results(tmp_path, executor):
+    if executor == "ray":
+        pytest.importorskip("ray", reason="Ray is optional: pip install 'perserbench[ray]'")
+    task = tmp_path / "small.toml"
+    task.write_text(SMALL_SYNTHETIC)
+    args = (["consensus", "oracle"], [str(task)], [0], [1], ["unseen"])
+    sequential = execute(plan(*args, tmp_path / "sequential"))
+    parallel = execute(plan(*args, tmp_path / executor), executor, workers=2)
+    assert len(parallel) == 2
+    assert _episodes_by_method(parallel) == _episodes_by_method(sequential)
