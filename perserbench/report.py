@@ -29,8 +29,6 @@ import dataclasses
 import html
 import io
 import json
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,7 +37,14 @@ from pathlib import Path
 import numpy as np
 
 from perserbench.errors import PerserbenchError
-from perserbench.results import METRICS, RunResult, find_result_files, load_result, write_atomic
+from perserbench.results import (
+    METRICS,
+    RunResult,
+    find_result_files,
+    load_result,
+    write_atomic,
+    write_bytes_atomic,
+)
 from perserbench.stats import (
     FriedmanResult,
     PairComparison,
@@ -526,20 +531,6 @@ def analysis_json(an: Analysis) -> str:
     return json.dumps(doc, indent=1, sort_keys=True, allow_nan=True) + "\n"
 
 
-def _write_bytes_atomic(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(an: Analysis, out_dir: Path) -> list[Path]:
     """Render everything first, then write each file atomically (figures before the pages that
     reference them). Returns the written paths."""
@@ -556,7 +547,7 @@ def write_report(an: Analysis, out_dir: Path) -> list[Path]:
     for kind, payload in blocks:
         if kind == "figure":
             path = out_dir / "figures" / payload.name  # type: ignore[attr-defined]
-            _write_bytes_atomic(path, payload.png)  # type: ignore[attr-defined]
+            write_bytes_atomic(path, payload.png)  # type: ignore[attr-defined]
             written.append(path)
     for name, text in texts.items():
         write_atomic(out_dir / name, text)

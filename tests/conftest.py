@@ -3,6 +3,7 @@ tests run in milliseconds and do not depend on the synthetic corpus's calibratio
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +67,22 @@ def toy_task_file(tmp_path: Path) -> Path:
     path = tmp_path / "toy.toml"
     path.write_text(TOY_TASK)
     return path
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """``perserbench ...`` through the real entry point, in-process (so the ``toy`` corpus
+    registered here is visible): returns (exit code, stdout, stderr)."""
+    from perserbench.cli import main
+
+    def invoke(*args: object) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["perserbench", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return invoke

@@ -10,7 +10,6 @@ import base64
 import dataclasses
 import json
 import shutil
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -120,24 +119,6 @@ def _board(tmp_path: Path, toy_inputs: dict[str, Path], methods=("consensus", "l
     for m in methods:
         shutil.copy(toy_inputs[m], board / "results" / toy_inputs[m].name)
     return board
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """`perserbench ...` through the real entry point, in-process (the toy corpus is registered here)."""
-    from perserbench.cli import main
-
-    def invoke(*args: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["perserbench", *map(str, args)])
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return invoke
 
 
 def _one_line_error(err: str) -> str:

@@ -8,7 +8,6 @@ import base64
 import dataclasses
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,23 +81,6 @@ def _variant(result: RunResult, name: str, shift: float = 0.0, metric: str = "ma
     out = dataclasses.replace(result, method={**result.method, "name": name})
     out.episodes = [dataclasses.replace(r, **{metric: getattr(r, metric) + shift}) for r in result.episodes]
     return out
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    from perserbench.cli import main
-
-    def invoke(*args: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["perserbench", *map(str, args)])
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return invoke
 
 
 def _one_line_error(code: int, err: str) -> str:

@@ -5,7 +5,6 @@ different, a constant shift is, with the right sign)."""
 from __future__ import annotations
 
 import json
-import sys
 from itertools import product
 
 import numpy as np
@@ -198,23 +197,6 @@ def test_holm_matches_the_definition():
 
 
 # ----------------------------------------------------------------------- the CLI
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    from perserbench.cli import main
-
-    def invoke(*args: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["perserbench", *map(str, args)])
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return invoke
 
 
 def _write_demsar(path) -> None:
