@@ -536,7 +536,7 @@ h1{font-size:1.6rem;margin-bottom:.2rem}h2{margin-top:2rem;border-bottom:1px sol
 border:1px solid #d0d7de;border-radius:6px;position:sticky;top:0}
 select{font-size:1rem;padding:.15rem .4rem}
 table{border-collapse:collapse;margin:1rem 0;font-variant-numeric:tabular-nums;width:100%}
-th,td{border-bottom:1px solid #d8dee4;padding:.3rem .6rem;text-align:right;white-space:nowrap}
+th,td{border-bottom:1px solid #d8dee4;padding:.3rem .45rem;text-align:right;white-space:nowrap;font-size:.93rem}
 th{background:#eef1f4;cursor:pointer;user-select:none}th.asc:after{content:" ▲"}th.desc:after{content:" ▼"}
 td.l,th.l{text-align:left}tfoot td{color:#57606a;font-style:italic}
 .up{color:#1a7f37;font-weight:600}.down{color:#cf222e;font-weight:600}
@@ -601,7 +601,8 @@ def _cell_table(task: TaskBoard, key: tuple[str, int]) -> str:
             css = {"▲": "up", "▼": "down"}.get(comp.marker, "")
             delta = _td(f"{comp.delta:+.3f} {comp.marker}".strip(), f"{comp.delta:.12f}", css)
             p = _td(_p(comp.p_adjusted), f"{comp.p_adjusted:.12f}")
-        link = f'<a href="{RESULTS_DIR}/{html.escape(cell.file)}">{html.escape(cell.file)}</a>'
+        link = (f'<a href="{RESULTS_DIR}/{html.escape(cell.file)}" title="{html.escape(cell.file)}">'
+                f'{html.escape(cell.file.rsplit("__", 1)[-1])}</a>')  # the config hash; full name on hover
         name = html.escape(cell.method) + (" (ceiling)" if cell.method in CEILING_METHODS else "")
         return ("<tr>" + _td("" if rank is None else str(rank), "" if rank is None else rank)
                 + _td(name, cell.method, "l") + _td(_fmt(cell.mean), f"{cell.mean:.12f}")

@@ -39,7 +39,7 @@ def shots_curve(
     as a bound rather than a competitor. Methods are drawn in sorted order so colours are
     stable across reports.
     """
-    fig = Figure(figsize=(6.4, 4.0), dpi=100)
+    fig = Figure(figsize=(7.6, 4.0), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
     all_shots: set[float] = set()
     for i, method in enumerate(sorted(series)):
@@ -69,7 +69,7 @@ def shots_curve(
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     if series:
-        ax.legend(loc="best", fontsize=8, frameon=False)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # never over the curves
     fig.tight_layout()
     return fig
 
