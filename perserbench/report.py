@@ -474,7 +474,7 @@ def render_markdown(blocks: Sequence[Block]) -> str:
 
 _CSS = """body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1200px;
 padding:0 1rem;color:#1b1f24;line-height:1.45}h2{margin-top:2rem;border-bottom:1px solid #d0d7de}
-table{border-collapse:collapse;margin:1rem 0;font-variant-numeric:tabular-nums}
+table{border-collapse:collapse;margin:1rem 0;font-variant-numeric:tabular-nums;display:block;overflow-x:auto;max-width:100%}
 th,td{border-bottom:1px solid #d8dee4;padding:.3rem .6rem;text-align:right;white-space:nowrap}
 th{background:#eef1f4}.l{text-align:left}figure{margin:1rem 0}figure img{max-width:100%;border:1px solid #d8dee4}
 figcaption{color:#57606a;font-size:.9rem}"""
