@@ -8,8 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from perserbench.data import Annotations, Corpus, Utterance, register_corpus
+from perserbench.episodes import Items, LabelledItems, MetaTrainSet
+from perserbench.method import Method
+from perserbench.registry import register_method
 
 TOY_LABELS = ("a", "b", "c")
 
@@ -86,3 +90,35 @@ def cli(monkeypatch, capsys):
         return code, out.out, out.err
 
     return invoke
+
+
+# Two reference methods without training, shared by the report and leaderboard tests: they
+# give different, deterministic scores in milliseconds.
+class _ConstantRate:
+    def __init__(self, proba: torch.Tensor) -> None:
+        self.proba = proba
+
+    def predict_proba(self, items: Items) -> torch.Tensor:
+        return self.proba.expand(len(items), -1).clone()
+
+
+@register_method("label-prior")
+class LabelPrior(Method):
+    """Meta-train label rate per class; ignores the support set."""
+
+    def meta_fit(self, train: MetaTrainSet) -> None:
+        self.rate_ = train.y.mean(dim=0, keepdim=True)
+
+    def adapt(self, support: LabelledItems) -> _ConstantRate:
+        return _ConstantRate(self.rate_)
+
+
+@register_method("label-support")
+class SupportRate(Method):
+    """The listener's own label rate per class in the support set."""
+
+    def meta_fit(self, train: MetaTrainSet) -> None:
+        pass
+
+    def adapt(self, support: LabelledItems) -> _ConstantRate:
+        return _ConstantRate(support.y.mean(dim=0, keepdim=True))

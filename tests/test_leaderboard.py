@@ -35,36 +35,6 @@ from perserbench.tasks import load_task
 REPO = Path(__file__).resolve().parent.parent
 
 
-class _Constant:
-    def __init__(self, proba: torch.Tensor) -> None:
-        self.proba = proba
-
-    def predict_proba(self, items: Items) -> torch.Tensor:
-        return self.proba.expand(len(items), -1).clone()
-
-
-@register_method("lb-prior")
-class LabelPrior(Method):
-    """Meta-train label rate per class; ignores the support set."""
-
-    def meta_fit(self, train: MetaTrainSet) -> None:
-        self.rate_ = train.y.mean(dim=0, keepdim=True)
-
-    def adapt(self, support: LabelledItems) -> _Constant:
-        return _Constant(self.rate_)
-
-
-@register_method("lb-support")
-class SupportRate(Method):
-    """The listener's own label rate per class in the support set."""
-
-    def meta_fit(self, train: MetaTrainSet) -> None:
-        pass
-
-    def adapt(self, support: LabelledItems) -> _Constant:
-        return _Constant(support.y.mean(dim=0, keepdim=True))
-
-
 class _ToyRule:
     """The toy corpus's generating rule (conftest.load_toy) for one listener."""
 
@@ -103,7 +73,7 @@ def toy_inputs(tmp_path_factory) -> dict[str, Path]:
     task = load_task(tasks / "toy.toml")
     runs = root / "runs"
     files = {}
-    for method, overrides in (("consensus", FAST), ("lb-prior", None), ("lb-support", None)):
+    for method, overrides in (("consensus", FAST), ("label-prior", None), ("label-support", None)):
         files[method] = write_result(run(method, task, [1, 5], config_overrides=overrides), runs)
     ceiling = run("lb-truth", task, [1, 5])
     ceiling.method = {"name": "oracle", "config": {}, "config_hash": config_hash("oracle", EmptyConfig())}
@@ -113,7 +83,7 @@ def toy_inputs(tmp_path_factory) -> dict[str, Path]:
     return {"tasks": tasks, **files}
 
 
-def _board(tmp_path: Path, toy_inputs: dict[str, Path], methods=("consensus", "lb-prior", "lb-support", "oracle")) -> Path:
+def _board(tmp_path: Path, toy_inputs: dict[str, Path], methods=("consensus", "label-prior", "label-support", "oracle")) -> Path:
     board = tmp_path / "board"
     (board / "results").mkdir(parents=True)
     for m in methods:
@@ -133,7 +103,7 @@ def _one_line_error(err: str) -> str:
 
 def test_generated_results_validate_and_submit_copies_them_byte_for_byte(tmp_path, toy_inputs, cli):
     board = tmp_path / "board"
-    sources = [toy_inputs[m] for m in ("consensus", "lb-prior", "oracle")]
+    sources = [toy_inputs[m] for m in ("consensus", "label-prior", "oracle")]
     code, _, err = cli("leaderboard", "submit", *sources, "--board", board, "--tasks", toy_inputs["tasks"])
     assert code == 0, err
     placed = sorted((board / "results").iterdir())
@@ -226,7 +196,7 @@ def test_tampered_result_is_refused_with_file_and_reason(tmp_path, toy_inputs, c
     bad = tmp_path / "tampered.json"
     bad.write_text(json.dumps(data))
     board = tmp_path / "board"
-    code, _, err = cli("leaderboard", "submit", toy_inputs["lb-prior"], bad, "--board", board,
+    code, _, err = cli("leaderboard", "submit", toy_inputs["label-prior"], bad, "--board", board,
                        "--tasks", toy_inputs["tasks"])
     assert code == 2
     line = _one_line_error(err)
@@ -275,7 +245,7 @@ def test_build_check_fails_on_hand_edited_board_and_passes_after_rebuild(tmp_pat
 
     readme = board / "README.md"
     original = readme.read_text()
-    readme.write_text(original.replace("lb-prior", "lb-prior-improved", 1))
+    readme.write_text(original.replace("label-prior", "label-prior-improved", 1))
     code, _, err = cli("leaderboard", "build", "--check", *args)
     assert code == 2 and "README.md differs from a rebuild" in _one_line_error(err)
     assert cli("leaderboard", "build", *args)[0] == 0
@@ -283,7 +253,7 @@ def test_build_check_fails_on_hand_edited_board_and_passes_after_rebuild(tmp_pat
     assert cli("leaderboard", "build", "--check", *args)[0] == 0
 
     # an invalid result file fails the check even when the board files are current
-    path = board / "results" / toy_inputs["lb-support"].name
+    path = board / "results" / toy_inputs["label-support"].name
     data = json.loads(path.read_text())
     data["episodes"][0]["macro_f1"] = 0.0 if data["episodes"][0]["macro_f1"] else 1.0
     path.write_text(json.dumps(data))
@@ -305,9 +275,9 @@ def test_readme_numbers_and_ranks_come_from_the_result_files(tmp_path, toy_input
     rows = {}
     for line in readme.splitlines():
         cols = [c.strip() for c in line.strip("|").split("|")]
-        if len(cols) > 3 and cols[1].split(" ")[0] in {"consensus", "lb-prior", "lb-support", "oracle"}:
+        if len(cols) > 3 and cols[1].split(" ")[0] in {"consensus", "label-prior", "label-support", "oracle"}:
             rows[cols[1].split(" ")[0]] = cols
-    assert set(rows) == {"consensus", "lb-prior", "lb-support", "oracle"}
+    assert set(rows) == {"consensus", "label-prior", "label-support", "oracle"}
     cells = [("seen", 1), ("seen", 5), ("unseen", 1), ("unseen", 5)]
     overall = {}
     for method, cols in rows.items():

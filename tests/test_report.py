@@ -12,48 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import TOY_TASK
 from scipy import stats as sps
 
-from perserbench.episodes import Items, LabelledItems, MetaTrainSet
-from perserbench.method import Method
-from perserbench.registry import register_method
 from perserbench.report import analyse, combine, load_comparison, write_report
 from perserbench.results import RunResult, load_result, save_result
 from perserbench.runner import run, write_result
 from perserbench.tasks import load_task
-
-
-class _Constant:
-    def __init__(self, proba: torch.Tensor) -> None:
-        self.proba = proba
-
-    def predict_proba(self, items: Items) -> torch.Tensor:
-        return self.proba.expand(len(items), -1).clone()
-
-
-@register_method("rp-prior")
-class Prior(Method):
-    """Meta-train label rate per class; ignores the support set."""
-
-    def meta_fit(self, train: MetaTrainSet) -> None:
-        self.rate_ = train.y.mean(dim=0, keepdim=True)
-
-    def adapt(self, support: LabelledItems) -> _Constant:
-        return _Constant(self.rate_)
-
-
-@register_method("rp-support")
-class SupportRate(Method):
-    """The listener's own label rate per class in the support set."""
-
-    def meta_fit(self, train: MetaTrainSet) -> None:
-        pass
-
-    def adapt(self, support: LabelledItems) -> _Constant:
-        return _Constant(support.y.mean(dim=0, keepdim=True))
-
 
 FAST = {"epochs": "2"}
 
@@ -67,8 +32,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     task = load_task(root / "toy.toml")
     files = {
         "consensus": write_result(run("consensus", task, [1, 5], seeds=[0, 1], config_overrides=FAST), root / "main"),
-        "rp-prior": write_result(run("rp-prior", task, [1, 5]), root / "main"),
-        "rp-support": write_result(run("rp-support", task, [1, 5]), root / "main"),
+        "label-prior": write_result(run("label-prior", task, [1, 5]), root / "main"),
+        "label-support": write_result(run("label-support", task, [1, 5]), root / "main"),
     }
     for seed in (0, 1):
         files[f"consensus-s{seed}"] = write_result(run("consensus", task, [1, 5], seeds=[seed], config_overrides=FAST),
@@ -96,7 +61,7 @@ def test_compare_writes_a_complete_report_from_runner_results(runs, tmp_path, cl
     out = tmp_path / "report"
     code, stdout, err = cli("compare", runs["consensus"].parent, "--out", out)
     assert code == 0, err
-    assert "consensus" in stdout and "rp-support" in stdout and "Friedman across 4 cells" in stdout
+    assert "consensus" in stdout and "label-support" in stdout and "Friedman across 4 cells" in stdout
     assert sorted(p.name for p in out.iterdir()) == ["figures", "report.html", "report.json", "report.md"]
     # shots curves per scenario, CD across cells, one CD per cell (3 methods, 6 listeners)
     figures = sorted(p.name for p in (out / "figures").iterdir())
@@ -114,13 +79,13 @@ def test_compare_writes_a_complete_report_from_runner_results(runs, tmp_path, cl
     assert not list(out.rglob(".*"))  # no temp files left
 
     doc = json.loads((out / "report.json").read_text())
-    assert doc["seeds"] == {"consensus": [0, 1], "rp-prior": [0], "rp-support": [0]}
+    assert doc["seeds"] == {"consensus": [0, 1], "label-prior": [0], "label-support": [0]}
     assert len(doc["cells"]) == 4 and all(len(c["pairs"]) == 3 for c in doc["cells"])
 
 
 def test_report_numbers_recompute_from_the_result_files(runs):
-    an = analyse(load_comparison([runs["consensus"], runs["rp-prior"], runs["rp-support"]]))
-    files = {m: load_result(runs[m]) for m in ("consensus", "rp-prior", "rp-support")}
+    an = analyse(load_comparison([runs["consensus"], runs["label-prior"], runs["label-support"]]))
+    files = {m: load_result(runs[m]) for m in ("consensus", "label-prior", "label-support")}
     for cell in an.cells:
         _, scenario, k = cell.key
         per_listener = {}
@@ -140,7 +105,7 @@ def test_report_numbers_recompute_from_the_result_files(runs):
             m = len(raw)
             rank = sorted(raw).index(p.p_value)
             assert p.p_holm >= min(1.0, (m - rank) * p.p_value) - 1e-12
-        ranked = ["consensus", "rp-prior", "rp-support"]
+        ranked = ["consensus", "label-prior", "label-support"]
         scores = np.array([[per_listener[m][i] for m in ranked] for i in range(6)])
         assert cell.friedman.p_value == pytest.approx(sps.friedmanchisquare(*scores.T).pvalue)
         best = max(ranked, key=lambda m: cell.methods[m].mean)
@@ -178,10 +143,10 @@ def test_seeds_in_separate_files_average_like_one_file(runs):
 
 
 def test_a_copy_is_not_significantly_different(runs):
-    base = load_result(runs["rp-support"])
+    base = load_result(runs["label-support"])
     an = analyse(combine([("a", load_result(runs["consensus"])), ("b", base), ("c", _variant(base, "copy"))]))
     for cell in an.cells:
-        pair = next(p for p in cell.pairs if {p.a, p.b} == {"copy", "rp-support"})
+        pair = next(p for p in cell.pairs if {p.a, p.b} == {"copy", "label-support"})
         assert pair.p_value == 1.0 and pair.p_holm == 1.0 and pair.mean_diff == 0.0
         assert pair.ci_low == pair.ci_high == 0.0
 
@@ -209,7 +174,7 @@ def test_a_constant_shift_is_significant_with_its_sign(runs, shift, mark, tmp_pa
 
 def test_refuses_incomparable_results(runs, tmp_path, cli):
     base = load_result(runs["consensus"])
-    other = load_result(runs["rp-prior"])
+    other = load_result(runs["label-prior"])
 
     def refused(changed: RunResult, *expected: str) -> None:
         path = save_result(changed, tmp_path / "changed.json")
@@ -233,22 +198,22 @@ def test_refuses_incomparable_results(runs, tmp_path, cli):
 
 
 def test_two_configs_of_one_method_are_labelled_apart(runs):
-    base = load_result(runs["rp-prior"])
+    base = load_result(runs["label-prior"])
     other = dataclasses.replace(base, method={**base.method, "config_hash": "abcdef" + "0" * 10})
     data = combine([("x", base), ("y", other)])
-    assert set(data.methods) == {f"rp-prior@{base.method['config_hash'][:6]}", "rp-prior@abcdef"}
+    assert set(data.methods) == {f"label-prior@{base.method['config_hash'][:6]}", "label-prior@abcdef"}
 
 
 def test_other_metric_and_two_methods_only(runs, tmp_path, cli):
-    code, stdout, err = cli("compare", runs["consensus"], runs["rp-prior"], "--metric", "top1", "--out", tmp_path)
+    code, stdout, err = cli("compare", runs["consensus"], runs["label-prior"], "--metric", "top1", "--out", tmp_path)
     assert code == 0, err
     assert "needs at least 3 ranked methods" in stdout
     doc = json.loads((tmp_path / "report.json").read_text())
     assert doc["metric"] == "top1" and doc["overall"] is None
-    r = load_result(runs["rp-prior"])
+    r = load_result(runs["label-prior"])
     s = next(x for x in r.summary if x.metric == "top1")
     cell = next(c for c in doc["cells"] if (c["scenario"], c["shots"]) == (s.scenario, s.shots))
-    assert next(m for m in cell["methods"] if m["label"] == "rp-prior")["mean"] == pytest.approx(s.mean)
+    assert next(m for m in cell["methods"] if m["label"] == "label-prior")["mean"] == pytest.approx(s.mean)
 
 
 # ----------------------------------------------------------------------- the browser

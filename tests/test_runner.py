@@ -95,30 +95,6 @@ def test_oracle_beats_consensus_on_synthetic_but_not_on_uniform():
     assert gaps["synthetic-uniform"][0] < mean_gap / 2, gaps
 
 
-class Proc:
-    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """Run `perserbench ...` through the real entry point, in-process (so the `toy` corpus
-    registered by conftest is visible); returns exit code and captured output."""
-    from perserbench.cli import main
-
-    def invoke(*args, cwd=None):
-        monkeypatch.setattr(sys, "argv", ["perserbench", *args])
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        captured = capsys.readouterr()
-        return Proc(code, captured.out, captured.err)
-
-    return invoke
-
-
 def test_module_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "perserbench", "--help"], check=False, capture_output=True,
                           text=True, cwd=REPO)
@@ -140,24 +116,24 @@ def test_module_entry_point_runs():
 def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(cli, tmp_path, toy_task_file, args, message):
     out = tmp_path / "out"
     base = ["run", "--task", str(toy_task_file), "--out", str(out)]
-    proc = cli(*base, *args, cwd=REPO)
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and message in lines[0], proc.stderr
+    code, _, err = cli(*base, *args)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], err
     assert not out.exists() or not any(out.iterdir())
 
 
 def test_cli_malformed_task_file(cli, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("name = 'x'\n[corpus\n")
-    proc = cli("run", "--task", str(bad), "--out", str(tmp_path / "o"), cwd=REPO)
-    assert proc.returncode == 2 and "malformed TOML" in proc.stderr
+    code, _, err = cli("run", "--task", str(bad), "--out", str(tmp_path / "o"))
+    assert code == 2 and "malformed TOML" in err
 
 
 def test_cli_run_prints_table_and_writes_result(cli, tmp_path, toy_task_file):
-    proc = cli("run", "--method", "consensus", "--task", str(toy_task_file), "--shots", "5",
-               "--out", str(tmp_path), cwd=REPO)
-    assert proc.returncode == 0, proc.stderr
-    assert "macro-F1" in proc.stdout and "unseen" in proc.stdout
+    code, out, err = cli("run", "--method", "consensus", "--task", str(toy_task_file), "--shots", "5",
+                         "--out", str(tmp_path))
+    assert code == 0, err
+    assert "macro-F1" in out and "unseen" in out
     (path,) = tmp_path.glob("*.json")
     assert load_result(path).shots == [5]
