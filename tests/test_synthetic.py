@@ -98,9 +98,9 @@ def test_listener_proba_is_the_marginal_the_labels_are_drawn_from():
 
 def test_loader_options_from_the_command_line_are_parsed():
     assert load_corpus("synthetic", seed="0", uniform="true").metadata["uniform"] is True
-    with pytest.raises(PerserbenchError, match="uniform='maybe' must be true or false"):
+    with pytest.raises(PerserbenchError, match="option 'uniform' must be true or false, got 'maybe'"):
         load_corpus("synthetic", uniform="maybe")
-    with pytest.raises(PerserbenchError, match="seed='x' must be an integer"):
+    with pytest.raises(PerserbenchError, match="option 'seed' must be an integer, got 'x'"):
         load_corpus("synthetic", seed="x")
 
 

@@ -94,6 +94,14 @@ def parse_bool(value: Any, name: str) -> bool:
     raise PerserbenchError(f"option {name!r} must be true or false, got {value!r}")
 
 
+def parse_int(value: Any, name: str) -> int:
+    """An integer loader option, from TOML or from a CLI string."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.lstrip("-").isdigit():
+        raise PerserbenchError(f"option {name!r} must be an integer, got {value!r}")
+    return int(text)
+
+
 class LabelVocabulary:
     """A corpus's canonical class names plus the other spellings its files use.
 

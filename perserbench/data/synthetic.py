@@ -42,6 +42,7 @@ import numpy as np
 
 from perserbench.data import register_corpus
 from perserbench.data.corpus import Annotations, Corpus, Utterance
+from perserbench.data.loading import parse_bool, parse_int
 from perserbench.errors import PerserbenchError
 
 LABELS = ("neutral", "happy", "sad", "angry", "frustrated", "excited")
@@ -216,24 +217,8 @@ def generate(seed: int = 0, uniform: bool = False) -> Corpus:
     return Corpus("synthetic", LABELS, tuple(utterances), annotations, {"synthetic": features}, truth, metadata)
 
 
-def _as_int(value: object, name: str) -> int:
-    text = str(value).strip()
-    if isinstance(value, bool) or not text.lstrip("-").isdigit():
-        raise PerserbenchError(f"synthetic corpus option {name}={value!r} must be an integer")
-    return int(text)
-
-
-def _as_bool(value: object, name: str) -> bool:
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no"):
-        return False
-    raise PerserbenchError(f"synthetic corpus option {name}={value!r} must be true or false")
-
-
 @register_corpus("synthetic")
 def load_synthetic(seed: int | str = 0, uniform: bool | str = False) -> Corpus:
     """Loader entry point (task ``[corpus] options`` or ``--corpus-option``: ``seed``,
     ``uniform``; strings from the command line are accepted)."""
-    return generate(_as_int(seed, "seed"), _as_bool(uniform, "uniform"))
+    return generate(parse_int(seed, "seed"), parse_bool(uniform, "uniform"))
