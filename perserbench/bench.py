@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.func import functional_call
 
-from methods.head import EmotionHead, balanced_bce
+from perserbench.head import EmotionHead, balanced_bce
 from perserbench.metalearn import (
     INNER_PARAMS,
     EpisodeBatch,

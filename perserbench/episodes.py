@@ -13,11 +13,13 @@ Each object is checked against the invariants when it is built; a violation rais
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
 
 import numpy as np
 import torch
@@ -45,11 +47,12 @@ class Episode:
 
 @dataclass(frozen=True)
 class Items:
-    """Unlabelled items to predict: features [n, L, D] and their utterance indices (the latter
-    only so the synthetic ``oracle`` can look up ground truth)."""
+    """Unlabelled items to predict: their features ``x`` [n, L, D] and nothing else.
+
+    Sealed evaluation (DESIGN §2): no listener name, no utterance id, no ground truth. A method
+    cannot key a memory on an identity the protocol hides, and cannot look a label up."""
 
     x: torch.Tensor
-    utterance_index: np.ndarray
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -60,15 +63,18 @@ class LabelledItems(Items):
     """Items of one listener with that listener's multi-hot labels ``y`` [n, C]."""
 
     y: torch.Tensor
-    listener: str
 
     def unlabelled(self) -> Items:
-        return Items(self.x, self.utterance_index)
+        return Items(self.x)
 
 
 class MetaTrainSet:
     """What a method may learn from in one fold: meta-train listeners' annotations on
     training-pool utterances, and the fold's consensus labels computed from those only.
+
+    It holds tensors and meta-train listener names only, never the corpus, utterance ids or a
+    synthetic corpus's ground truth, and it pickles small: it is what the runner ships to the
+    sealed process a method runs in (:mod:`perserbench.sealed`).
 
     ``x`` holds the features of the training-pool utterances that meta-train listeners
     labelled; annotation ``a`` is ``(utterance[a] → row of x, listener[a], y[a])``.
@@ -83,15 +89,12 @@ class MetaTrainSet:
         self.task_name = task.spec.name
         self.labels: tuple[str, ...] = task.corpus.vocabulary
         self.listeners: tuple[str, ...] = tuple(sorted(set(ann.listener[rows].tolist())))
-        self.utterance_index = utts
         self.x = torch.from_numpy(np.ascontiguousarray(task.features[utts]))
         self.utterance = torch.from_numpy(local.astype(np.int64))
         listener_pos = {name: i for i, name in enumerate(self.listeners)}
         self.listener = torch.tensor([listener_pos[n] for n in ann.listener[rows]], dtype=torch.long)
         self.y = torch.from_numpy(ann.labels[rows].astype(np.float32))
         self.consensus_threshold = task.spec.consensus.threshold
-        # Ground truth of a synthetic corpus, for the `oracle` reference only.
-        self.truth: Any = task.corpus.truth
 
     @property
     def n_classes(self) -> int:
@@ -112,8 +115,7 @@ class MetaTrainSet:
     def listener_items(self, listener: str) -> LabelledItems:
         """All training annotations of one meta-train listener (for episodic meta-learning)."""
         rows = torch.nonzero(self.listener == self.listeners.index(listener)).squeeze(1)
-        utt = self.utterance[rows]
-        return LabelledItems(self.x[utt], self.utterance_index[utt.numpy()], self.y[rows], listener)
+        return LabelledItems(self.x[self.utterance[rows]], self.y[rows])
 
 
 def _stable_int(text: str) -> int:
@@ -198,11 +200,34 @@ def episode_items(task: ResolvedTask, episode: Episode) -> tuple[LabelledItems, 
     """(support with labels, query without labels, query truth) for one episode."""
     ann = task.corpus.annotations
 
-    def take(rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-        utts = ann.utterance[rows]
-        return torch.from_numpy(np.ascontiguousarray(task.features[utts])), utts
+    def features(rows: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(task.features[ann.utterance[rows]]))
 
-    sx, su = take(episode.support)
-    qx, qu = take(episode.query)
-    support = LabelledItems(sx, su, torch.from_numpy(ann.labels[episode.support].astype(np.float32)), episode.listener)
-    return support, Items(qx, qu), ann.labels[episode.query]
+    support = LabelledItems(features(episode.support), torch.from_numpy(ann.labels[episode.support].astype(np.float32)))
+    return support, Items(features(episode.query)), ann.labels[episode.query]
+
+
+def split_hash(task: ResolvedTask) -> str:
+    """Content hash of a resolved task's splits: the spec, the annotations, the pools, the
+    folds and every episode's support/query rows. Results carry it and are only ever compared
+    on equal hashes. It lives here, not on the task, because it covers the episodes, which
+    this module draws; computed once per task object."""
+    cached = task.__dict__.get("_split_hash")
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256()
+    digest.update(json.dumps(task.spec.as_dict(), sort_keys=True, default=list).encode())
+    ann = task.corpus.annotations
+    digest.update("\n".join(task.corpus.utterance_ids.tolist()).encode())
+    digest.update("\n".join(ann.listener.tolist()).encode())
+    digest.update(np.ascontiguousarray(ann.utterance, dtype=np.int64).tobytes())
+    digest.update(np.packbits(ann.labels).tobytes())
+    digest.update(task.train_pool.tobytes())
+    for fold in task.folds:
+        digest.update(json.dumps(dataclasses.asdict(fold), sort_keys=True).encode())
+    for ep in all_episodes(task):
+        digest.update(f"{ep.key}".encode())
+        digest.update(np.ascontiguousarray(ep.support, dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(ep.query, dtype=np.int64).tobytes())
+    task.__dict__["_split_hash"] = value = digest.hexdigest()[:16]
+    return value

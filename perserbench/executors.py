@@ -14,6 +14,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from perserbench.episodes import split_hash
 from perserbench.errors import PerserbenchError
 
 EXECUTORS = ("sequential", "process", "ray")
@@ -47,13 +48,14 @@ def expected_path(job: SweepJob) -> Path:
     """The file the job will write; known before running, which is what makes resuming cheap."""
     from perserbench.method import config_hash
     from perserbench.registry import make_config
-    from perserbench.results import RunResult
+    from perserbench.results import SCHEMA_VERSION, RunResult
     from perserbench.runner import result_filename
 
     config = make_config(job.method, dict(job.config))
-    stub = RunResult(1, "", None, {"name": _resolved(job.task, job.corpus_options).spec.name},
+    task = _resolved(job.task, job.corpus_options)
+    stub = RunResult(SCHEMA_VERSION, "", None, {"name": task.spec.name, "hash": split_hash(task)},
                      {"name": job.method, "config_hash": config_hash(job.method, config)},
-                     [job.seed], list(job.scenarios), sorted(set(job.shots)), [], [], [], 0.0)
+                     [job.seed], list(job.scenarios), sorted(set(job.shots)), [], [], [], 0.0, {})
     return Path(job.out_dir) / result_filename(stub)
 
 
@@ -68,7 +70,7 @@ def is_done(job: SweepJob) -> bool:
         result = load_result(path)
     except PerserbenchError:
         return False
-    return result.task.get("hash") == _resolved(job.task, job.corpus_options).hash
+    return result.task.get("hash") == split_hash(_resolved(job.task, job.corpus_options))
 
 
 def run_job(job: SweepJob) -> str:

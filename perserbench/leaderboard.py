@@ -87,7 +87,7 @@ class TaskResolver:
         return self._cache[name]
 
     def _resolve(self, name: str, source: str) -> TaskInfo:
-        from perserbench.episodes import all_episodes
+        from perserbench.episodes import all_episodes, split_hash
         from perserbench.tasks import load_task
 
         path = self.tasks_dir / f"{name}.toml"
@@ -99,7 +99,7 @@ class TaskResolver:
         try:
             task = load_task(path, self.corpus_options)
             required = {ep.key: (len(ep.support), len(ep.query)) for ep in all_episodes(task)}
-            task_hash = task.hash
+            task_hash = split_hash(task)
         except PerserbenchError as exc:
             raise PerserbenchError(f"{source}: task {name!r} cannot be resolved: {exc}") from None
         spec = task.spec
@@ -773,7 +773,7 @@ def submit(paths: Sequence[Path], board_dir: Path, resolver: TaskResolver, repla
 
 
 def builtin_methods() -> list[str]:
-    """Methods shipped in ``methods/`` (not plugins): the default suite of the committed board."""
+    """Methods shipped in ``perserbench/methods/`` (not plugins): the default suite of the committed board."""
     from perserbench.registry import method_names, method_source
 
-    return [m for m in method_names() if method_source(m).startswith("methods.")]
+    return [m for m in method_names() if method_source(m).startswith("perserbench.methods.")]

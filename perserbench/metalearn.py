@@ -1,6 +1,6 @@
 """The one functional meta-learning core (DESIGN §3, issue 3).
 
-``maml``, ``meta-perser`` and ``finetune`` adapt the shared :class:`~methods.head.EmotionHead`
+``maml``, ``meta-perser`` and ``finetune`` adapt the shared :class:`~perserbench.head.EmotionHead`
 with the same inner loop, written once here (:func:`inner_loop`): parameters are a dict of
 tensors, inner gradients come from :func:`torch.func.grad`, and listeners are processed
 together with :func:`torch.func.vmap` — a meta-batch of meta-train listeners during
@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from methods.head import EmotionHead, pool_features
 from perserbench.episodes import Items, LabelledItems, MetaTrainSet
+from perserbench.head import EmotionHead, pool_features
 
 Params = dict[str, torch.Tensor]
 
@@ -78,7 +78,7 @@ def inner_learning_rates(steps: int, lr: float, learnable: bool) -> Params:
 
 
 def masked_bce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
-    """Class-balanced BCE (:func:`methods.head.balanced_bce`) over the real rows of a padded set:
+    """Class-balanced BCE (:func:`perserbench.head.balanced_bce`) over the real rows of a padded set:
     padded rows (``mask`` 0) contribute nothing, so listeners with fewer items than the batch's
     set size can share one tensor."""
     per_item = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight, reduction="none")

@@ -18,7 +18,9 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from perserbench.episodes import Items, LabelledItems, MetaTrainSet
+from perserbench.episodes import Episode, Items, LabelledItems, MetaTrainSet
+from perserbench.errors import PerserbenchError
+from perserbench.tasks import ListenerFold, ResolvedTask
 
 
 @runtime_checkable
@@ -57,6 +59,43 @@ class Method(ABC):
     def adapt_many(self, supports: list[LabelledItems]) -> list[Predictor]:
         """Adapt to many listeners; override with a batched implementation when there is one."""
         return [self.adapt(s) for s in supports]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceContext:
+    """Privileged view of one episode, for reference methods only: the resolved task (corpus,
+    annotations, a synthetic corpus's ground truth), the fold and the episode itself."""
+
+    task: ResolvedTask
+    fold: ListenerFold
+    episode: Episode
+    support: LabelledItems
+    query: Items
+
+
+class ReferenceMethod(Method):
+    """A *reference*, not a competitor: it needs what the protocol hides from methods (the
+    synthetic oracle needs the true listener model; the many-shot personal reference needs
+    the listener's other labels). The runner calls :meth:`predict_reference` in its own
+    process through an explicit path, marks the result ``reference``, and reports and the board
+    show it beside the ranking, never in it. Only perserbench's built-in methods may be
+    references: a plugin that declares itself one is refused."""
+
+    def meta_fit(self, train: MetaTrainSet) -> None:
+        """References learn nothing from the meta-train set unless they override this."""
+
+    def adapt(self, support: LabelledItems) -> Predictor:
+        raise PerserbenchError(f"{self.name!r} is a reference method: it predicts through the runner's reference "
+                               "path (predict_reference), not through adapt")
+
+    @abstractmethod
+    def predict_reference(self, context: ReferenceContext) -> tuple[np.ndarray, np.ndarray | None]:
+        """(query probabilities [Q, C], per-class thresholds [C] or None) for one episode."""
+
+
+def is_reference(method: Method | type[Method]) -> bool:
+    cls = method if isinstance(method, type) else type(method)
+    return issubclass(cls, ReferenceMethod)
 
 
 def config_dict(config: Any) -> dict[str, Any]:

@@ -45,11 +45,11 @@ def _load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    import methods
+    from perserbench import methods
 
     for info in pkgutil.iter_modules(methods.__path__):
         if not info.name.startswith("_"):
-            importlib.import_module(f"methods.{info.name}")
+            importlib.import_module(f"perserbench.methods.{info.name}")
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             obj = ep.load()

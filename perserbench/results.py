@@ -18,7 +18,7 @@ from typing import Any
 
 from perserbench.errors import PerserbenchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: `audit` and method.reference (sealed evaluation, issue 9)
 METRICS = ("macro_f1", "micro_f1", "top1")
 PRIMARY_METRIC = "macro_f1"
 
@@ -73,7 +73,7 @@ class RunResult:
     perserbench_version: str
     git_revision: str | None
     task: dict[str, Any]  # name, version, hash
-    method: dict[str, Any]  # name, config, config_hash
+    method: dict[str, Any]  # name, config, config_hash, reference (privileged, never ranked)
     seeds: list[int]
     scenarios: list[str]
     shots: list[int]
@@ -81,6 +81,7 @@ class RunResult:
     listeners: list[ListenerRecord]
     summary: list[SummaryRecord]
     wall_time_s: float
+    audit: dict[str, Any]  # the independence audit: ran, passed, episodes, max_abs_diff, tolerance
     environment: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -90,6 +91,15 @@ class RunResult:
     @property
     def task_name(self) -> str:
         return str(self.task["name"])
+
+    @property
+    def is_reference(self) -> bool:
+        """A privileged reference (e.g. the synthetic oracle): reported beside, never ranked."""
+        return bool(self.method.get("reference", False))
+
+    @property
+    def audit_passed(self) -> bool:
+        return bool(self.audit.get("ran")) and bool(self.audit.get("passed"))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"

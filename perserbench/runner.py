@@ -1,31 +1,62 @@
 """The runner: task → folds × seeds → method.meta_fit → episodes → adapt → metrics → RunResult.
 
-One path for every method. For each seed and listener fold the method is meta-fitted once on
-that fold's :class:`MetaTrainSet`, then adapted on every episode of the fold's test listeners
-(batched through ``adapt_many``) for each requested (scenario, K) cell. Torch is re-seeded
-from (seed, fold[, cell]) at each step, so a result depends only on its inputs, not on the
-order or the subset of cells run.
+One path for every method, sealed (DESIGN §2). For each seed and listener fold the method is
+meta-fitted once, in its own worker process, on that fold's :class:`MetaTrainSet`; each
+(scenario, K) cell's episodes are then adapted and predicted in *isolation units*
+(:mod:`perserbench.sealed`): unit ``e`` of a cell holds episode ``e`` of every test listener
+of the fold, batched through ``adapt_many``, and is a fresh process that nothing survives.
+Methods receive features and support labels only; the runner alone holds the query truth.
+
+After scoring, the **independence audit** re-adapts a deterministic sample of episodes (one
+per fold and cell) alone in fresh units and compares the predictions with the scored ones. A
+method whose predictions depend on anything but the episode's own support (other listeners'
+supports in the same call, a memory outside the process) fails the run with
+:class:`AuditError`; nothing is written.
+
+References (:class:`~perserbench.method.ReferenceMethod`, e.g. the synthetic oracle) take an
+explicit privileged path in this process and are marked as references in the result.
+
+Torch is re-seeded from (seed, fold[, cell, unit]) at each step, so a result depends only on
+its inputs, not on the order or the subset of cells run.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 import perserbench
-from perserbench.episodes import MetaTrainSet, episode_items, sample_episodes
+from perserbench.episodes import Episode, MetaTrainSet, episode_items, sample_episodes, split_hash
 from perserbench.errors import PerserbenchError
-from perserbench.method import config_dict, config_hash
+from perserbench.method import (
+    Method,
+    ReferenceContext,
+    ReferenceMethod,
+    config_dict,
+    config_hash,
+    is_reference,
+)
 from perserbench.metrics import episode_metrics, listener_aggregates, summarize
-from perserbench.registry import create_method
+from perserbench.registry import create_method, get_method
 from perserbench.results import SCHEMA_VERSION, EpisodeRecord, RunResult, save_result
-from perserbench.tasks import SCENARIOS, ResolvedTask
+from perserbench.sealed import Prediction, SealedMethod
+from perserbench.tasks import SCENARIOS, ListenerFold, ResolvedTask
+
+# Largest |Δp| between a scored prediction and the same episode re-adapted alone that counts
+# as float noise (batched vs single vmap reductions differ by ~1e-7).
+AUDIT_TOLERANCE = 1e-4
+
+MethodSpec = str | type[Method] | Method
 
 ProgressCallback = Callable[[str, int], None]  # (description, steps done now)
 
@@ -70,44 +101,115 @@ def total_steps(task: ResolvedTask, shots: Sequence[int], scenarios: Sequence[st
     return len(seeds) * len(task.folds) * (1 + len(shots) * len(scenarios))
 
 
+class AuditError(PerserbenchError):
+    """A method's predictions depend on more than the episode's own support (DESIGN §2)."""
+
+
+@dataclass
+class _Audit:
+    episodes: int = 0
+    max_abs_diff: float = 0.0
+
+    def as_dict(self, ran: bool) -> dict[str, Any]:
+        return {"ran": ran, "passed": ran, "episodes": self.episodes, "max_abs_diff": self.max_abs_diff,
+                "tolerance": AUDIT_TOLERANCE}
+
+
+def _instantiate(method: MethodSpec, overrides: dict[str, str] | None, seed: int) -> Method:
+    """A fresh method object for one fold: from a registered name, a class, or (copied) an
+    instance, so no state is shared between folds even in the caller's process."""
+    if isinstance(method, str):
+        return create_method(method, overrides, seed=seed)
+    if overrides:
+        raise PerserbenchError("config overrides apply to registered method names; configure the object instead")
+    if isinstance(method, type):
+        if not issubclass(method, Method):
+            raise PerserbenchError(f"{method.__name__} is not a perserbench Method subclass")
+        return method(seed=seed)
+    if isinstance(method, Method):
+        return type(method)(method.config, seed=seed)
+    raise PerserbenchError(f"method must be a registered name, a Method class or instance, got {type(method).__name__}")
+
+
+def method_label(method: MethodSpec) -> str:
+    if isinstance(method, str):
+        return method
+    cls = method if isinstance(method, type) else type(method)
+    return cls.name or cls.__name__
+
+
+def _check_reference(method: Method) -> None:
+    if is_reference(method) and not type(method).__module__.startswith("perserbench.methods."):
+        raise PerserbenchError(
+            f"method {method_label(method)!r} declares itself a reference ({type(method).__module__}); references "
+            "receive privileged data, so only perserbench's built-in methods may be references"
+        )
+
+
 def run(
-    method: str,
+    method: MethodSpec,
     task: ResolvedTask,
     shots: Sequence[int],
     scenarios: Sequence[str] | None = None,
     seeds: Sequence[int] = (0,),
     config_overrides: dict[str, str] | None = None,
     progress: ProgressCallback | None = None,
+    workers: int | None = None,
 ) -> RunResult:
-    """Run ``method`` on ``task`` and return the complete :class:`RunResult`."""
+    """Run ``method`` (a registered name, a Method class or an instance) on ``task`` and
+    return the complete :class:`RunResult`. Raises :class:`AuditError` when the method fails
+    the independence audit. ``workers`` bounds the folds meta-fitted at once (default: the
+    CPUs available); it changes speed only, never a number."""
+    if isinstance(method, str):
+        get_method(method)  # an unknown name fails before any work
     scenarios = tuple(scenarios or task.spec.episodes.scenarios)
     shots, seeds = tuple(sorted(set(shots))), tuple(seeds)
     check_request(task, shots, scenarios)
+    name = method_label(method)
+    parallel = max(1, workers or len(os.sched_getaffinity(0)))
     started = time.perf_counter()
     records: list[EpisodeRecord] = []
-    config = None
+    audit = _Audit()
+    config, reference = None, False
     for seed in seeds:
-        for fold in task.folds:
-            if progress:
-                progress(f"seed {seed} fold {fold.index}: meta-fit {method}", 0)
-            torch.manual_seed(_derived_seed(seed, fold.index))
-            model = create_method(method, config_overrides, seed=_derived_seed(seed, fold.index))
-            config = model.config
-            model.meta_fit(MetaTrainSet(task, fold))
-            if progress:
-                progress(f"seed {seed} fold {fold.index}: adapt", 1)
-            for scenario in scenarios:
-                for k in shots:
-                    torch.manual_seed(_derived_seed(seed, fold.index, SCENARIOS.index(scenario), k))
-                    records.extend(_evaluate_cell(model, task, fold, scenario, k, seed))
-                    if progress:
-                        progress(f"seed {seed} fold {fold.index}: {scenario} K={k}", 1)
+        models = [_instantiate(method, config_overrides, _derived_seed(seed, fold.index)) for fold in task.folds]
+        for model in models:
+            _check_reference(model)
+        config, reference = models[0].config, is_reference(models[0])
+        if reference:
+            for fold, model in zip(task.folds, models):
+                torch.manual_seed(_derived_seed(seed, fold.index))
+                model.meta_fit(MetaTrainSet(task, fold))
+                records.extend(_reference_fold(model, task, fold, scenarios, shots, seed, progress))
+            continue
+        with ExitStack() as stack:
+            # Fold workers meta-fit in parallel, ``parallel`` folds ahead of the one being scored.
+            hosts: dict[int, SealedMethod] = {}
+            for i, fold in enumerate(task.folds):
+                for j in range(i, min(i + parallel, len(task.folds))):
+                    if j not in hosts:
+                        other = task.folds[j]
+                        hosts[j] = stack.enter_context(
+                            SealedMethod(models[j], MetaTrainSet(task, other), _derived_seed(seed, other.index)))
+                if progress:
+                    progress(f"seed {seed} fold {fold.index}: meta-fit {name}", 0)
+                sealed = hosts.pop(i)
+                sealed.wait_ready()
+                if progress:
+                    progress(f"seed {seed} fold {fold.index}: adapt", 1)
+                for scenario in scenarios:
+                    for k in shots:
+                        records.extend(_sealed_cell(sealed, name, task, fold, scenario, k, seed, audit))
+                        if progress:
+                            progress(f"seed {seed} fold {fold.index}: {scenario} K={k}", 1)
+                sealed.close()
     return RunResult(
         schema_version=SCHEMA_VERSION,
         perserbench_version=perserbench.__version__,
         git_revision=_git_revision(),
-        task={"name": task.spec.name, "version": task.spec.version, "hash": task.hash},
-        method={"name": method, "config": config_dict(config), "config_hash": config_hash(method, config)},
+        task={"name": task.spec.name, "version": task.spec.version, "hash": split_hash(task)},
+        method={"name": name, "config": config_dict(config), "config_hash": config_hash(name, config),
+                "reference": reference},
         seeds=list(seeds),
         scenarios=list(scenarios),
         shots=list(shots),
@@ -115,31 +217,108 @@ def run(
         listeners=listener_aggregates(records),
         summary=summarize(records),
         wall_time_s=round(time.perf_counter() - started, 3),
+        audit=audit.as_dict(ran=not reference),
         environment=_environment(),
     )
 
 
-def _evaluate_cell(model, task, fold, scenario, k, seed) -> list[EpisodeRecord]:
+def _record(fold: ListenerFold, ep: Episode, seed: int, n_support: int, truth: np.ndarray,
+            prediction: Prediction) -> EpisodeRecord:
+    scores = episode_metrics(prediction.proba, truth, prediction.thresholds)
+    return EpisodeRecord(fold.index, ep.listener, ep.scenario, ep.shots, ep.index, seed, n_support, len(truth),
+                         **scores)
+
+
+def isolation_units(episodes: Sequence[Episode]) -> list[list[Episode]]:
+    """Group a cell's episodes into units holding at most one episode per listener: unit
+    ``e`` = episode ``e`` of every listener (so each unit still batches across listeners)."""
+    units: dict[int, list[Episode]] = {}
+    for ep in episodes:
+        units.setdefault(ep.index, []).append(ep)
+    out = [units[e] for e in sorted(units)]
+    for unit in out:
+        listeners = [ep.listener for ep in unit]
+        if len(set(listeners)) != len(listeners):
+            raise PerserbenchError("internal: an isolation unit holds two episodes of one listener")
+    return out
+
+
+def _sealed_cell(sealed: SealedMethod, name: str, task: ResolvedTask, fold: ListenerFold, scenario: str, k: int,
+                 seed: int, audit: _Audit) -> list[EpisodeRecord]:
     episodes = sample_episodes(task, fold, scenario, k)
     if not episodes:
         return []
-    items = [episode_items(task, ep) for ep in episodes]
-    predictors = model.adapt_many([support for support, _, _ in items])
+    cell_seed = (seed, fold.index, SCENARIOS.index(scenario), k)
+    scored: dict[tuple, Prediction] = {}
     out = []
-    for ep, (support, query, truth), predictor in zip(episodes, items, predictors):
-        with torch.no_grad():
-            proba = predictor.predict_proba(query).detach().cpu().numpy()
-        scores = episode_metrics(proba, truth, getattr(predictor, "thresholds", None))
-        out.append(EpisodeRecord(fold.index, ep.listener, scenario, k, ep.index, seed,
-                                 len(support), len(query), **scores))
+    for unit in isolation_units(episodes):
+        items = [episode_items(task, ep) for ep in unit]
+        predictions = sealed.predict([s for s, _, _ in items], [q for _, q, _ in items],
+                                     _derived_seed(*cell_seed, unit[0].index))
+        for ep, (support, _, truth), prediction in zip(unit, items, predictions, strict=True):
+            scored[ep.key] = prediction
+            out.append(_record(fold, ep, seed, len(support), truth, prediction))
+    _audit_cell(sealed, name, task, episodes, scored, cell_seed, audit)
+    return out
+
+
+def audit_sample(episodes: Sequence[Episode], cell_seed: Sequence[int]) -> Episode:
+    """The cell's audited episode: a deterministic draw from (seed, fold, scenario, K)."""
+    rng = np.random.default_rng([*cell_seed, 0xA0D17])
+    return episodes[int(rng.integers(len(episodes)))]
+
+
+def _audit_cell(sealed: SealedMethod, name: str, task: ResolvedTask, episodes: Sequence[Episode],
+                scored: dict[tuple, Prediction], cell_seed: Sequence[int], audit: _Audit) -> None:
+    ep = audit_sample(episodes, cell_seed)
+    support, query, _ = episode_items(task, ep)
+    alone = sealed.predict([support], [query], _derived_seed(*cell_seed, ep.index), stage="audit")[0]
+    before = scored[ep.key]
+    diff = float(np.abs(alone.proba.astype(np.float64) - before.proba).max()) if alone.proba.shape == \
+        before.proba.shape else float("inf")
+    if (alone.thresholds is None) != (before.thresholds is None):
+        diff = float("inf")
+    elif alone.thresholds is not None:
+        diff = max(diff, float(np.abs(np.asarray(alone.thresholds) - np.asarray(before.thresholds)).max()))
+    audit.episodes += 1
+    audit.max_abs_diff = max(audit.max_abs_diff, diff)
+    if not diff <= AUDIT_TOLERANCE:
+        fold, listener, scenario, k, index = ep.key
+        raise AuditError(
+            f"method {name!r} failed the independence audit: episode {index} of listener {listener!r} (fold {fold}, "
+            f"{scenario}, K={k}) predicts differently when adapted alone (max |Δp| = {diff:.3g} > "
+            f"{AUDIT_TOLERANCE:g}); a prediction may depend only on the meta-fitted state and its own episode's "
+            "support (DESIGN §2), so this run is refused and nothing was written"
+        )
+
+
+def _reference_fold(model: ReferenceMethod, task: ResolvedTask, fold: ListenerFold, scenarios: Sequence[str],
+                    shots: Sequence[int], seed: int, progress: ProgressCallback | None) -> list[EpisodeRecord]:
+    """The privileged path: a reference sees the whole task, episode by episode."""
+    if progress:
+        progress(f"seed {seed} fold {fold.index}: reference", 1)
+    out = []
+    for scenario in scenarios:
+        for k in shots:
+            for ep in sample_episodes(task, fold, scenario, k):
+                support, query, truth = episode_items(task, ep)
+                proba, thresholds = model.predict_reference(ReferenceContext(task, fold, ep, support, query))
+                prediction = Prediction(np.asarray(proba, dtype=np.float32),
+                                        None if thresholds is None else np.asarray(thresholds, dtype=np.float64))
+                out.append(_record(fold, ep, seed, len(support), truth, prediction))
+            if progress:
+                progress(f"seed {seed} fold {fold.index}: {scenario} K={k}", 1)
     return out
 
 
 def result_filename(result: RunResult) -> str:
-    """Canonical file name: one file per (method, config, task, scenarios, shots, seeds)."""
+    """Canonical file name: one file per (method, config, task version, scenarios, shots,
+    seeds). The split hash is in the name, so a run of an edited task never overwrites the
+    result of the task it was before."""
     scen = "both" if set(result.scenarios) == set(SCENARIOS) else "-".join(result.scenarios)
     return (f"{result.method_name}__{result.task_name}__{scen}__k{'-'.join(map(str, result.shots))}"
-            f"__s{'-'.join(map(str, result.seeds))}__{result.method['config_hash'][:8]}.json")
+            f"__s{'-'.join(map(str, result.seeds))}__{result.method['config_hash'][:8]}"
+            f"__t{str(result.task['hash'])[:8]}.json")
 
 
 def write_result(result: RunResult, out_dir: Path) -> Path:

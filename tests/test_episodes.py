@@ -62,7 +62,11 @@ def test_meta_train_set_holds_only_meta_train_listeners_on_training_pool(task):
         train = MetaTrainSet(task, fold)
         assert set(train.listeners) == set(fold.train)
         assert not set(train.listeners) & set(fold.test["seen"])
-        assert task.train_pool[train.utterance_index].all()
+        pool_rows = {row.tobytes() for row in task.features[task.train_pool]}
+        heldout_rows = {row.tobytes() for row in task.features[~task.train_pool]}
+        rows = {row.numpy().tobytes() for row in train.x}
+        assert rows <= pool_rows and not rows & heldout_rows
+        assert not hasattr(train, "truth") and not hasattr(train, "utterance_index")
         # consensus is a function of meta-train labels only: changing a test listener's labels
         # leaves it unchanged
         tested = fold.test["seen"][0]

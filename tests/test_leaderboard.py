@@ -364,4 +364,4 @@ def test_html_renders_in_headless_chromium(tmp_path, toy_inputs):
 
 def test_committed_leaderboard_is_valid_and_current():
     """What CI runs: the committed board must rebuild byte-identically from its result files."""
-    check_board(REPO / "leaderboard", TaskResolver(REPO / "tasks"))
+    check_board(REPO / "leaderboard", TaskResolver(REPO / "perserbench" / "tasks"))

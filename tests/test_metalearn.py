@@ -134,7 +134,7 @@ def toy_train(toy_task_file):
 
 
 def toy_learner(train, settings, seed=0):
-    from methods.head import head_for, positive_weights
+    from perserbench.head import head_for, positive_weights
 
     torch.manual_seed(seed)
     return MetaLearner(head_for(train, 16, 0.0, True), positive_weights(train.y), settings, seed)

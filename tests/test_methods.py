@@ -108,7 +108,7 @@ def test_finetune_dual_and_functional_call_forms_agree(toy):
 
 
 def test_protonet_prototypes_are_multi_label_and_missing_classes_fall_back_to_consensus(toy):
-    from methods.protonet import prototypes
+    from perserbench.methods.protonet import prototypes
 
     e = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
     y = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
@@ -157,7 +157,7 @@ def test_meta_perser_pretraining_is_the_consensus_model(toy):
     """init='consensus' with the consensus method's own epochs and no meta-learning and no
     adaptation is exactly `consensus` — the pretraining is the reference model, not a lookalike."""
     consensus = predictions(toy, "consensus", {})
-    from methods.consensus import ConsensusConfig
+    from perserbench.methods.consensus import ConsensusConfig
 
     epochs = str(ConsensusConfig().epochs)
     pretrained = predictions(toy, "meta-perser", {"pretrain_epochs": epochs, "meta_epochs": "0", "inner_steps": "0"})

@@ -117,14 +117,14 @@ def test_plugin_method_uses_the_support_labels(monkeypatch):
     train.x, train.y = x, y
     method = NearestCentroid()
     method.meta_fit(train)  # type: ignore[arg-type]
-    support = LabelledItems(x[:20], torch.arange(20).numpy(), y[:20], "L")
-    query = Items(x[20:], torch.arange(20, 40).numpy())
+    support = LabelledItems(x[:20], y[:20])
+    query = Items(x[20:])
     proba = method.adapt(support).predict_proba(query)
     assert proba.shape == (20, 3) and ((proba >= 0) & (proba <= 1)).all()
     hits = ((proba[:, 0] >= 0.5).float() == y[20:, 0]).float().mean()
     assert hits >= 0.8  # class 0 is the sign of feature 0: centroids separate it
     assert torch.allclose(proba[:, 2], torch.zeros(20))  # never in the support: meta-train rate (0)
-    flipped = LabelledItems(x[:20], torch.arange(20).numpy(), 1.0 - y[:20], "L")
+    flipped = LabelledItems(x[:20], 1.0 - y[:20])
     assert not torch.allclose(method.adapt(flipped).predict_proba(query)[:, :2], proba[:, :2])
 
 
@@ -135,16 +135,15 @@ def test_plugin_method_uses_the_support_labels(monkeypatch):
 def project_copy(tmp_path) -> Path:
     """A minimal project tree: the methods package the skeleton builds on, and tests/conftest.py."""
     root = tmp_path / "project"
-    (root / "methods").mkdir(parents=True)
-    for name in ("__init__.py", "head.py", "consensus.py"):
-        shutil.copy(REPO / "methods" / name, root / "methods" / name)
+    shutil.copytree(REPO / "perserbench", root / "perserbench",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     (root / "tests").mkdir()
     shutil.copy(REPO / "tests" / "conftest.py", root / "tests" / "conftest.py")
     return root
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(cwd)}  # `methods` resolves to the copy's package
+    env = {**os.environ, "PYTHONPATH": str(cwd)}  # `perserbench` resolves to the copy
     return subprocess.run([sys.executable, "-m", "perserbench", *args], check=False, capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=600)
 
@@ -152,7 +151,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_new_method_writes_a_method_and_a_test_that_pass_as_generated(project_copy):
     proc = _cli("new-method", "my-blend", "--root", str(project_copy), cwd=project_copy)
     assert proc.returncode == 0, proc.stderr
-    method_file = project_copy / "methods" / "my_blend.py"
+    method_file = project_copy / "perserbench" / "methods" / "my_blend.py"
     test_file = project_copy / "tests" / "test_method_my_blend.py"
     assert '@register_method("my-blend")' in method_file.read_text()
     assert "class MyBlend(Method)" in method_file.read_text()
@@ -185,20 +184,19 @@ def cli_in_process(monkeypatch, capsys):
 @pytest.mark.parametrize("name,message", [
     ("consensus", "method 'consensus' is already registered"),
     ("Bad Name", "must be lower-case letters and digits"),
-    ("head", "methods/head.py already exists"),
     ("class", "is a Python keyword"),
 ])
 def test_new_method_refuses_taken_or_bad_names(project_copy, cli_in_process, name, message):
-    before = sorted(p.name for p in (project_copy / "methods").iterdir())
+    before = sorted(p.name for p in (project_copy / "perserbench" / "methods").iterdir())
     code, err = cli_in_process("new-method", name, "--root", project_copy)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and message in lines[0], err
-    assert sorted(p.name for p in (project_copy / "methods").iterdir()) == before
+    assert sorted(p.name for p in (project_copy / "perserbench" / "methods").iterdir()) == before
 
 
 def test_new_method_refuses_to_overwrite_its_own_files(project_copy, cli_in_process):
     assert cli_in_process("new-method", "mine", "--root", project_copy)[0] == 0
-    (project_copy / "methods" / "mine.py").unlink()  # the test file is still there
+    (project_copy / "perserbench" / "methods" / "mine.py").unlink()  # the test file is still there
     code, err = cli_in_process("new-method", "mine", "--root", project_copy)
     assert code == 2 and "test_method_mine.py already exists" in err
-    assert not (project_copy / "methods" / "mine.py").exists()
+    assert not (project_copy / "perserbench" / "methods" / "mine.py").exists()

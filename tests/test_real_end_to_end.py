@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from perserbench.cli import app
 from perserbench.data import load_corpus
+from perserbench.episodes import split_hash
 from perserbench.errors import PerserbenchError
 from perserbench.features import upstreams
 from perserbench.features.cache import extract_features
@@ -108,7 +109,7 @@ def _resolve_bundled(task: str, root: Path, tmp_path: Path) -> None:
     resolved = load_task(task, {"root": str(root), "cache_dir": str(tmp_path / "cache")})
     tested = {s: {x for f in resolved.folds for x in f.test.get(s, ())} for s in spec.episodes.scenarios}
     assert all(tested.values()), tested
-    assert len(resolved.hash) == 16
+    assert len(split_hash(resolved)) == 16
 
 
 def test_bundled_iemocap_task_resolves(tmp_path: Path) -> None:

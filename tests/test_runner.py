@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from perserbench.episodes import split_hash
 from perserbench.results import RunResult, load_result, write_atomic
 from perserbench.runner import result_filename, run, write_result
 from perserbench.tasks import load_task
@@ -37,8 +38,8 @@ def test_result_covers_every_episode_and_round_trips(toy, tmp_path):
     n_listeners = sum(len(f.test["unseen"]) for f in toy.folds)
     assert len(result.episodes) == 2 * n_listeners * toy.spec.episodes.episodes
     assert {r.scenario for r in result.episodes} == {"unseen"}
-    assert result.task["hash"] == toy.hash and result.method["name"] == "consensus"
-    from methods.consensus import ConsensusConfig
+    assert result.task["hash"] == split_hash(toy) and result.method["name"] == "consensus"
+    from perserbench.methods.consensus import ConsensusConfig
 
     assert result.method["config"] == dataclasses.asdict(ConsensusConfig())
     out = tmp_path / "results"

@@ -48,7 +48,7 @@ def scaffold(name: str, root: Path) -> Scaffold:
         raise PerserbenchError(f"method name {name!r} is a Python keyword; choose another")
     if name in method_names():
         raise PerserbenchError(f"method {name!r} is already registered; choose another name")
-    methods_dir = root / "methods"
+    methods_dir = root / "perserbench" / "methods"
     if not (methods_dir / "__init__.py").is_file():
         raise PerserbenchError(f"{methods_dir} is not the methods package of a perserbench checkout; "
                                "run this in the project root or pass --root")
@@ -67,9 +67,9 @@ def scaffold(name: str, root: Path) -> Scaffold:
 @app.command("new-method")
 def new_method_command(
     name: Annotated[str, typer.Argument(help="Registry name of the new method, e.g. my-method.")],
-    root: Annotated[Path, typer.Option("--root", help="Project root holding methods/ and tests/.")] = Path("."),
+    root: Annotated[Path, typer.Option("--root", help="Project root holding perserbench/methods/ and tests/.")] = Path("."),
 ) -> None:
-    """Write methods/<name>.py (a working method skeleton) and tests/test_method_<name>.py."""
+    """Write perserbench/methods/<name>.py (a working method skeleton) and tests/test_method_<name>.py."""
     files_ = scaffold(name, root)
     files_.test_path.parent.mkdir(parents=True, exist_ok=True)
     files_.method_path.write_text(files_.method_source, encoding="utf-8")

@@ -114,6 +114,7 @@ def tasks_command(
     root: Annotated[Path | None, typer.Option("--root", help="Resolve tasks of this corpus root too.")] = None,
 ) -> None:
     """List tasks with listeners, folds, scenarios, shots and split hash."""
+    from perserbench.episodes import split_hash
     from perserbench.tasks import load_task_spec, resolve_task, task_names
 
     table = Table(title="tasks", box=None, pad_edge=False, padding=(0, 1), header_style="bold underline")
@@ -132,7 +133,7 @@ def tasks_command(
             resolved = resolve_task(spec, {"root": str(root)} if root else None)
             tested = {x for f in resolved.folds for v in f.test.values() for x in v}
             listeners = f"{len(tested)}/{len(resolved.corpus.listeners)}"
-            hash_ = resolved.hash
+            hash_ = split_hash(resolved)
         except PerserbenchError as exc:  # e.g. a real corpus whose files are not here
             unresolved.append(f"{name}: {exc}")
         table.add_row(name, spec.corpus.name, listeners,

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods.consensus import ConsensusConfig, train_consensus
-from methods.head import _doc, positive_weights
 from perserbench.episodes import LabelledItems, MetaTrainSet
+from perserbench.head import _doc, positive_weights
 from perserbench.metalearn import (
     DualForm,
     PlainForm,
@@ -22,6 +21,7 @@ from perserbench.metalearn import (
     meta_parameters,
 )
 from perserbench.method import Method, Predictor
+from perserbench.methods.consensus import ConsensusConfig, train_consensus
 from perserbench.registry import register_method
 
 

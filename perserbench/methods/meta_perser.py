@@ -1,7 +1,7 @@
 """``meta-perser``: MAML from the consensus model with combined-set meta-training, derivative
 annealing and per-layer per-step learnable inner learning rates (DESIGN §3).
 
-Same code as ``maml`` (:class:`methods.maml.MamlFamily`); each component is one config field,
+Same code as ``maml`` (:class:`perserbench.methods.maml.MamlFamily`); each component is one config field,
 so an ablation is a config: ``-c init=random``, ``-c combined=false``,
 ``-c first_order_epochs=0``, ``-c per_step_lrs=false``, ``-c multi_step_loss=true``;
 ``-c adapt_steps=0`` evaluates the meta-learned init without adaptation.
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods.head import _doc
-from methods.maml import MamlConfig, MamlFamily
+from perserbench.head import _doc
+from perserbench.methods.maml import MamlConfig, MamlFamily
 from perserbench.registry import register_method
 
 

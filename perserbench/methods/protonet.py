@@ -1,6 +1,6 @@
 """``protonet``: prototypical network over listener episodes, multi-label (DESIGN §3).
 
-The embedding is the shared head's trunk (:meth:`methods.head.EmotionHead.embed`: layer
+The embedding is the shared head's trunk (:meth:`perserbench.head.EmotionHead.embed`: layer
 weighting → Linear → ReLU), initialised from the fold's consensus model and meta-trained on
 episodes of meta-train listeners (the sampler and masked loss of :mod:`perserbench.metalearn`,
 listeners of a meta-batch processed together by vmap).
@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch.func import vmap
 
-from methods.consensus import ConsensusConfig, train_consensus
-from methods.head import EmotionHead, _doc, head_for, pool_features, positive_weights
 from perserbench.episodes import Items, LabelledItems, MetaTrainSet
 from perserbench.errors import PerserbenchError
+from perserbench.head import EmotionHead, _doc, head_for, pool_features, positive_weights
 from perserbench.metalearn import EpisodeSampler, Params, meta_parameters, pad_supports
 from perserbench.method import Method, Predictor
+from perserbench.methods.consensus import ConsensusConfig, train_consensus
 from perserbench.registry import register_method
 
 EMBED_PARAMS = ("layer_logits", "hidden.weight", "hidden.bias")

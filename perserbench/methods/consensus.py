@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.head import EmotionHead, _doc, fit_head, head_for
 from perserbench.episodes import LabelledItems, MetaTrainSet
+from perserbench.head import EmotionHead, _doc, fit_head, head_for
 from perserbench.method import FixedProbabilities, Method, Predictor
 from perserbench.registry import register_method
 

@@ -11,12 +11,9 @@ ever compared on identical splits.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import tomllib
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +29,7 @@ SPLIT_FIELDS = ("session", "speaker")
 def tasks_dir() -> Path:
     """The folder of bundled task specs (``$PERSERBENCH_TASKS`` overrides it)."""
     override = os.environ.get("PERSERBENCH_TASKS")
-    return Path(override) if override else Path(__file__).resolve().parent.parent / "tasks"
+    return Path(override) if override else Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
@@ -237,27 +234,6 @@ class ResolvedTask:
         ann = self.corpus.annotations
         mask = (ann.listener == listener) & self.scenario_pool(scenario)[ann.utterance]
         return np.flatnonzero(mask)
-
-    @cached_property
-    def hash(self) -> str:
-        from perserbench.episodes import all_episodes  # episodes depend on this module
-
-        digest = hashlib.sha256()
-        digest.update(json.dumps(self.spec.as_dict(), sort_keys=True, default=list).encode())
-        ann = self.corpus.annotations
-        ids = self.corpus.utterance_ids
-        digest.update("\n".join(ids.tolist()).encode())
-        digest.update("\n".join(ann.listener.tolist()).encode())
-        digest.update(np.ascontiguousarray(ann.utterance, dtype=np.int64).tobytes())
-        digest.update(np.packbits(ann.labels).tobytes())
-        digest.update(self.train_pool.tobytes())
-        for fold in self.folds:
-            digest.update(json.dumps(dataclasses.asdict(fold), sort_keys=True).encode())
-        for ep in all_episodes(self):
-            digest.update(f"{ep.key}".encode())
-            digest.update(np.ascontiguousarray(ep.support, dtype=np.int64).tobytes())
-            digest.update(np.ascontiguousarray(ep.query, dtype=np.int64).tobytes())
-        return digest.hexdigest()[:16]
 
 
 def resolve_task(spec: TaskSpec, corpus_options: dict[str, Any] | None = None) -> ResolvedTask:

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.consensus import ConsensusConfig, train_consensus
-from methods.head import EmotionHead, _doc, head_for, positive_weights
 from perserbench.episodes import LabelledItems, MetaTrainSet
 from perserbench.errors import PerserbenchError
+from perserbench.head import EmotionHead, _doc, head_for, positive_weights
 from perserbench.metalearn import MetaLearner
 from perserbench.method import Method, Predictor
+from perserbench.methods.consensus import ConsensusConfig, train_consensus
 from perserbench.registry import register_method
 
 INITS = ("random", "consensus")

@@ -1,0 +1,254 @@
+"""Sealed evaluation: where a method's code runs, and what it can reach (DESIGN §2, issue 9).
+
+A method is untrusted code. The protocol says the prediction for an episode is a function of
+the meta-fitted state and *that episode's support alone*. A docstring cannot enforce that;
+processes can. The runner never calls a method in its own process. Instead:
+
+* **One fold worker per (seed, fold)**, forked from a multiprocessing *forkserver*. The
+  forkserver is a fresh interpreter that has imported torch and perserbench and nothing else,
+  so the worker starts with no task, corpus, annotation table or ground truth anywhere in its
+  memory (``gc.get_objects()`` or the call stack shows none). It receives the method (pickled
+  with cloudpickle, so a class defined in a notebook works too) and the fold's
+  :class:`~perserbench.episodes.MetaTrainSet`, and runs ``meta_fit``. State a method keeps in
+  globals or class attributes therefore never crosses folds or seeds.
+* **One unit process per isolation unit**, forked from the fold worker *after* ``meta_fit``.
+  A unit holds at most one episode per test listener (one episode index of one (scenario, K)
+  cell, over the fold's listeners), so adaptation stays batched across listeners
+  (``adapt_many``) while no call ever shows two episodes of one listener. Each unit gets a
+  socket of its own, whose other end the fold worker hands straight to the runner (an fd
+  passed over the control socket), so the unit's supports and queries never enter the fold
+  worker, and before any method code runs the unit closes its copy of the control socket, so
+  a unit (or anything it leaves running) cannot read a later unit's data. It answers with
+  query probabilities (and optional per-class thresholds) and exits; nothing it learned
+  survives it. A method that leaves Python threads running after ``meta_fit`` is refused: such
+  a thread would live on in the fold worker beside every unit.
+
+What this does *not* close: code that goes around the API (reads corpus files from disk,
+regenerates the synthetic corpus by calling perserbench, writes a memory to a file). Those
+routes are checked after the fact: the runner's independence audit re-adapts a sample of
+episodes alone in fresh units and refuses the run when a prediction changes, and the board
+refuses results above the ceiling (:mod:`perserbench.leaderboard`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+import socket
+import sys
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.reduction import recv_handle, send_handle
+from typing import Any, Self
+
+import cloudpickle
+import numpy as np
+import torch
+
+from perserbench.episodes import Items, LabelledItems, MetaTrainSet
+from perserbench.errors import PerserbenchError
+from perserbench.method import Method
+
+_CONTEXT: multiprocessing.context.BaseContext | None = None
+
+
+class MethodError(PerserbenchError):
+    """The method's own code failed or broke the contract (reported in one line, exit 2)."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a unit answers for one episode: query probabilities [Q, C] and optional
+    per-class thresholds [C] (None = the metrics' default 0.5)."""
+
+    proba: np.ndarray
+    thresholds: np.ndarray | None
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """The forkserver context, its server preloaded with what every worker needs (so a worker
+    starts in milliseconds) and with nothing the runner holds."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["perserbench.sealed"])
+        _CONTEXT = ctx
+    return _CONTEXT
+
+
+class SealedMethod:
+    """A meta-fitted method living in its own fold worker; :meth:`predict` runs one isolation
+    unit in a fresh process. Use as a context manager (the worker is stopped on exit)."""
+
+    def __init__(self, method: Method, train: MetaTrainSet, torch_seed: int) -> None:
+        self.name = method.name or type(method).__name__
+        parent, child = _context().Pipe(duplex=True)
+        self._conn: Connection = parent
+        self._process = _context().Process(target=_fold_worker, args=(child,), daemon=True,
+                                           name=f"perserbench-{self.name}")
+        self._process.start()
+        child.close()
+        self._conn.send_bytes(cloudpickle.dumps(method))
+        self._conn.send_bytes(pickle.dumps((train, torch_seed), protocol=pickle.HIGHEST_PROTOCOL))
+        self._ready = False
+
+    def wait_ready(self) -> None:
+        """Block until ``meta_fit`` has finished in the worker (it starts at construction, so
+        several folds' workers meta-fit in parallel while the runner scores another)."""
+        if not self._ready:
+            self._expect("ready", "meta_fit")
+            self._ready = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._conn.closed:
+            return
+        if self._process.is_alive():
+            try:
+                self._conn.send(("close",))
+            except OSError:
+                pass
+            self._process.join(timeout=10)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join()
+        self._conn.close()
+
+    def _expect(self, kind: str, stage: str) -> tuple[Any, ...]:
+        try:
+            message = self._conn.recv()
+        except (EOFError, OSError):
+            code = self._process.exitcode
+            raise MethodError(f"method {self.name!r}: its worker died during {stage} (exit code {code}); "
+                              "run it alone to see its own error") from None
+        if not isinstance(message, tuple) or not message:
+            raise MethodError(f"method {self.name!r}: broke the worker protocol during {stage}")
+        if message[0] == "error":
+            raise MethodError(f"method {self.name!r} raised during {stage}: {message[1]}")
+        if message[0] != kind:
+            raise MethodError(f"method {self.name!r}: broke the worker protocol during {stage}")
+        return message
+
+    def predict(self, supports: list[LabelledItems], queries: list[Items], torch_seed: int,
+                stage: str = "adapt") -> list[Prediction]:
+        """Adapt on ``supports`` (one per listener) and predict each ``queries[i]`` with the
+        i-th adapted predictor, in a process forked for this call alone."""
+        self.wait_ready()
+        self._conn.send(("unit",))
+        self._expect("unit", stage)
+        try:
+            unit = Connection(recv_handle(self._conn))
+        except OSError as exc:
+            raise MethodError(f"method {self.name!r}: its worker did not open a unit ({exc})") from None
+        try:
+            unit.send_bytes(pickle.dumps((torch_seed, supports, queries), protocol=pickle.HIGHEST_PROTOCOL))
+            message = unit.recv()
+        except (EOFError, OSError):
+            raise MethodError(f"method {self.name!r}: its unit process died during {stage} without an answer; "
+                              "run it alone to see its own error") from None
+        finally:
+            unit.close()
+        if not isinstance(message, tuple) or len(message) != 2 or message[0] not in ("ok", "error"):
+            raise MethodError(f"method {self.name!r}: broke the unit protocol during {stage}")
+        if message[0] == "error":
+            raise MethodError(f"method {self.name!r} raised during {stage}: {message[1]}")
+        if not isinstance(message[1], list) or len(message[1]) != len(queries):
+            raise MethodError(f"method {self.name!r} during {stage}: answered {len(message[1])} episodes for "
+                              f"{len(queries)}")
+        return [_checked(self.name, stage, p, len(q)) for p, q in zip(message[1], queries, strict=True)]
+
+
+def _checked(name: str, stage: str, raw: Any, n_query: int) -> Prediction:
+    proba, thresholds = raw
+    if not isinstance(proba, np.ndarray) or proba.ndim != 2 or proba.shape[0] != n_query:
+        raise MethodError(f"method {name!r} during {stage}: predict_proba must return [n_query={n_query}, C] "
+                          f"probabilities, got {getattr(proba, 'shape', type(proba).__name__)}")
+    if not np.isfinite(proba).all() or proba.min() < 0.0 or proba.max() > 1.0:
+        raise MethodError(f"method {name!r} during {stage}: predict_proba returned values outside [0, 1] or "
+                          "non-finite values; return probabilities (e.g. torch.sigmoid of logits)")
+    return Prediction(proba, thresholds)
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def _fold_worker(conn: Connection) -> None:
+    """Runs in the fold worker: meta-fit, then fork one unit process per request.
+
+    Single-threaded torch: a process that has run an OpenMP parallel region cannot safely fork
+    a child that runs one (GNU libgomp deadlocks), and the runner gets its parallelism from
+    running several folds' workers at once instead. Units are reaped by the kernel
+    (``SIGCHLD`` ignored): the runner learns everything from the unit's own socket."""
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        method = cloudpickle.loads(conn.recv_bytes())
+        train, torch_seed = pickle.loads(conn.recv_bytes())
+        torch.manual_seed(torch_seed)
+        method.meta_fit(train)
+        del train
+        if len(sys._current_frames()) > 1:
+            raise MethodError("meta_fit left threads running; a sealed worker runs no thread beside its units")
+    except BaseException as exc:  # noqa: BLE001 - reported to the runner as one line
+        conn.send(("error", _describe(exc)))
+        return
+    conn.send(("ready",))
+    while True:
+        try:
+            command = conn.recv()
+        except EOFError:
+            return
+        if command != ("unit",):
+            return
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:  # the unit process: its own socket only, then gone
+            code = 0
+            try:
+                conn.close()
+                ours.close()
+                _run_unit(Connection(theirs.detach()), method)
+            except BaseException:  # noqa: BLE001 - the unit already reported, or the runner sees EOF
+                code = 1
+            finally:
+                os._exit(code)
+        theirs.close()
+        conn.send(("unit",))
+        send_handle(conn, ours.fileno(), 0)  # the pid argument is used on Windows only
+        ours.close()
+
+
+def _run_unit(unit: Connection, method: Method) -> None:
+    try:
+        torch_seed, supports, queries = pickle.loads(unit.recv_bytes())
+        torch.manual_seed(torch_seed)
+        predictors = method.adapt_many(supports)
+        if len(predictors) != len(supports):
+            raise MethodError(f"adapt_many returned {len(predictors)} predictors for {len(supports)} supports")
+        answer = []
+        for predictor, query in zip(predictors, queries, strict=True):
+            with torch.no_grad():
+                proba = predictor.predict_proba(query)
+            proba = torch.as_tensor(proba).detach().cpu().to(torch.float32).numpy()
+            thresholds = getattr(predictor, "thresholds", None)
+            if thresholds is not None:
+                thresholds = torch.as_tensor(thresholds).detach().cpu().to(torch.float64).numpy()
+            answer.append((proba, thresholds))
+    except BaseException as exc:
+        unit.send(("error", _describe(exc)))
+        raise
+    unit.send(("ok", answer))
+
+
+def _describe(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
