@@ -134,7 +134,6 @@ def sample_episodes(task: ResolvedTask, fold: ListenerFold, scenario: str, shots
             f"K={shots} is not a shot count of task {task.spec.name!r} (shots: "
             f"{', '.join(map(str, spec.shots))}); fixed shot counts keep results comparable"
         )
-    k_max = task.spec.max_shots
     out = []
     for listener in fold.test[scenario]:
         rows = task.listener_rows(listener, scenario)
@@ -143,15 +142,61 @@ def sample_episodes(task: ResolvedTask, fold: ListenerFold, scenario: str, shots
                 f"listener {listener!r} has {len(rows)} labels in scenario {scenario!r}, fewer than "
                 f"K={shots} + min_query={spec.min_query}"
             )
-        n_query = min(spec.query, len(rows) - k_max)
+        n_query = _query_size(task, rows)
         for e in range(spec.episodes):
-            rng = np.random.default_rng([spec.seed, _stable_int(listener), SCENARIOS.index(scenario), e])
-            perm = rows[rng.permutation(len(rows))]
+            perm = _permutation(task, listener, scenario, e, rows)
             episode = Episode(fold.index, listener, scenario, shots, e,
                               support=np.sort(perm[n_query:n_query + shots]), query=np.sort(perm[:n_query]))
             check_episode(task, fold, episode)
             out.append(episode)
     return out
+
+
+def _query_size(task: ResolvedTask, rows: np.ndarray) -> int:
+    return min(task.spec.episodes.query, len(rows) - task.spec.max_shots)
+
+
+def _permutation(task: ResolvedTask, listener: str, scenario: str, index: int, rows: np.ndarray) -> np.ndarray:
+    """The listener's rows in the fixed order episode ``index`` draws them: query first, then
+    the (nested) supports."""
+    rng = np.random.default_rng([task.spec.episodes.seed, _stable_int(listener), SCENARIOS.index(scenario), index])
+    return rows[rng.permutation(len(rows))]
+
+
+def control_partner(fold: ListenerFold, scenario: str, listener: str) -> str:
+    """The other-listener control's deterministic pairing: the next test listener of the same
+    fold and scenario (cyclically, by name). Partners are test listeners of the fold, so their
+    labels never entered this fold's meta-training."""
+    listeners = sorted(fold.test[scenario])
+    if len(listeners) < 2:
+        raise PerserbenchError(
+            f"the other-listener control needs at least 2 test listeners per fold; fold {fold.index} has "
+            f"{len(listeners)} in scenario {scenario!r} (use fewer listener folds)"
+        )
+    return listeners[(listeners.index(listener) + 1) % len(listeners)]
+
+
+def control_episode(task: ResolvedTask, fold: ListenerFold, episode: Episode) -> Episode:
+    """The other-listener control of ``episode``: the same query (the target listener's),
+    with a support of K items labelled by :func:`control_partner`, drawn in the partner's own
+    episode order from the partner's rows outside the partner's query *and* outside the
+    target's query audio, so the support never labels an item the target is scored on."""
+    partner = control_partner(fold, episode.scenario, episode.listener)
+    ann = task.corpus.annotations
+    rows = task.listener_rows(partner, episode.scenario)
+    perm = _permutation(task, partner, episode.scenario, episode.index, rows)[_query_size(task, rows):]
+    allowed = perm[~np.isin(ann.utterance[perm], ann.utterance[episode.query])]
+    if len(allowed) < episode.shots:
+        raise PerserbenchError(
+            f"other-listener control: partner {partner!r} of listener {episode.listener!r} has only {len(allowed)} "
+            f"labels outside both queries in scenario {episode.scenario!r}, fewer than K={episode.shots}"
+        )
+    control = dataclasses.replace(episode, support=np.sort(allowed[:episode.shots]))
+    if np.intersect1d(ann.utterance[control.support], ann.utterance[control.query]).size:
+        raise LeakageError(f"control of episode {episode.key}: support and query share audio")
+    if (ann.listener[control.support] == episode.listener).any():
+        raise LeakageError(f"control of episode {episode.key}: the support holds the target listener's own labels")
+    return control
 
 
 def all_episodes(task: ResolvedTask) -> Iterator[Episode]:

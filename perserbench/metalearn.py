@@ -80,9 +80,10 @@ def inner_learning_rates(steps: int, lr: float, learnable: bool) -> Params:
 def masked_bce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
     """Class-balanced BCE (:func:`perserbench.head.balanced_bce`) over the real rows of a padded set:
     padded rows (``mask`` 0) contribute nothing, so listeners with fewer items than the batch's
-    set size can share one tensor."""
+    set size can share one tensor. With a leading batch dimension it returns one loss per
+    listener (the batched adaptation of :func:`adapt_states` sums them)."""
     per_item = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight, reduction="none")
-    return (per_item * mask.unsqueeze(-1)).sum() / (mask.sum().clamp(min=1.0) * y.shape[-1])
+    return (per_item * mask.unsqueeze(-1)).sum(dim=(-2, -1)) / (mask.sum(dim=-1).clamp(min=1.0) * y.shape[-1])
 
 
 # --------------------------------------------------------------------------- forms
@@ -173,8 +174,11 @@ class DualForm:
 
     @staticmethod
     def _head(h0: torch.Tensor, gram: torch.Tensor, A: torch.Tensor, params: Params) -> torch.Tensor:
-        hidden = h0 - gram @ A + params["hidden.bias"]
-        return F.linear(torch.relu(hidden), params["out.weight"], params["out.bias"])
+        # Written with matmul and unsqueeze(-2) rather than F.linear so that the same code
+        # runs on one listener (inside vmap) and on a batch of listeners with batched
+        # parameters (the plain-autograd adaptation in :func:`adapt_states`).
+        hidden = h0 - gram @ A + params["hidden.bias"].unsqueeze(-2)
+        return torch.relu(hidden) @ params["out.weight"].transpose(-1, -2) + params["out.bias"].unsqueeze(-2)
 
     def support_logits(self, meta: Params, ctx: Params, local: Params, free: Params) -> torch.Tensor:
         return self._head(ctx["h0"] + free["hidden.weight"], ctx["gram"], local["A"], free)
@@ -376,7 +380,13 @@ class AdaptedPredictor:
 
 def adapt_states(form: Form, meta: Params, lrs: Params, xs: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor,
                  pos_weight: torch.Tensor, steps: int, chunk: int = 256) -> Params:
-    """Adapted states of N listeners at once (vmap over listeners, ``chunk`` at a time)."""
+    """Adapted states of N listeners at once, ``chunk`` at a time.
+
+    The dual form is adapted with plain autograd on batched parameters: listeners' losses are
+    independent, so the gradient of their *sum* with respect to listener ``i``'s parameters is
+    listener ``i``'s own gradient. That is the same arithmetic as ``vmap(grad(...))`` with a
+    fraction of its per-call overhead, which matters because the sealed runner adapts in small
+    isolation units (a handful of listeners per call). The materialised form keeps vmap."""
     meta = {k: v.detach() for k, v in meta.items()}
     lrs = {k: v.detach() for k, v in lrs.items()}
 
@@ -385,11 +395,30 @@ def adapt_states(form: Form, meta: Params, lrs: Params, xs: torch.Tensor, ys: to
         return form.state(ctx, trajectory[-1])
 
     parts = []
-    with torch.no_grad():
-        for start in range(0, len(xs), chunk):
-            sl = slice(start, start + chunk)
-            parts.append(vmap(one)(xs[sl], ys[sl], ms[sl]))
+    for start in range(0, len(xs), chunk):
+        sl = slice(start, start + chunk)
+        if isinstance(form, DualForm):
+            parts.append(_adapt_dual_batched(form, meta, lrs, xs[sl], ys[sl], ms[sl], pos_weight, steps))
+        else:
+            with torch.no_grad():
+                parts.append(vmap(one)(xs[sl], ys[sl], ms[sl]))
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _adapt_dual_batched(form: DualForm, meta: Params, lrs: Params, xs: torch.Tensor, ys: torch.Tensor,
+                        ms: torch.Tensor, pos_weight: torch.Tensor, steps: int) -> Params:
+    """:func:`inner_loop` (first order) for a batch of listeners with batched parameters."""
+    with torch.no_grad():
+        ctx, local = form.start(meta, xs, first_order=True)
+        local = {k: v if k == "A" else v.expand(len(xs), *v.shape).clone() for k, v in local.items()}
+    for t in range(steps):
+        with torch.enable_grad():
+            free = {k: v.detach().requires_grad_() for k, v in form.free(local).items()}
+            loss = masked_bce(form.support_logits(meta, ctx, local, free), ys, ms, pos_weight).sum()
+            grads = dict(zip(free, torch.autograd.grad(loss, list(free.values())), strict=True))
+        with torch.no_grad():
+            local = form.update(local, grads, {k: lr[t] for k, lr in lrs.items()})
+    return {k: v.detach() for k, v in form.state(ctx, local).items()}
 
 
 def adapt_many(form: Form, meta: Params, lrs: Params, supports: Sequence[LabelledItems],

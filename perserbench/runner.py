@@ -36,7 +36,14 @@ import numpy as np
 import torch
 
 import perserbench
-from perserbench.episodes import Episode, MetaTrainSet, episode_items, sample_episodes, split_hash
+from perserbench.episodes import (
+    Episode,
+    MetaTrainSet,
+    control_episode,
+    episode_items,
+    sample_episodes,
+    split_hash,
+)
 from perserbench.errors import PerserbenchError
 from perserbench.method import (
     Method,
@@ -57,6 +64,7 @@ from perserbench.tasks import SCENARIOS, ListenerFold, ResolvedTask
 AUDIT_TOLERANCE = 1e-4
 
 MethodSpec = str | type[Method] | Method
+CONTROLS = ("own", "other-listener")
 
 ProgressCallback = Callable[[str, int], None]  # (description, steps done now)
 
@@ -155,11 +163,17 @@ def run(
     config_overrides: dict[str, str] | None = None,
     progress: ProgressCallback | None = None,
     workers: int | None = None,
+    control: str = "own",
 ) -> RunResult:
     """Run ``method`` (a registered name, a Method class or an instance) on ``task`` and
     return the complete :class:`RunResult`. Raises :class:`AuditError` when the method fails
     the independence audit. ``workers`` bounds the folds meta-fitted at once (default: the
-    CPUs available); it changes speed only, never a number."""
+    CPUs available); it changes speed only, never a number. ``control="other-listener"``
+    runs the other-listener control (DESIGN §2): every episode adapts on a partner test
+    listener's support (:func:`~perserbench.episodes.control_episode`) and is scored on its own
+    listener's query; own-support score minus this is the personalization gain."""
+    if control not in CONTROLS:
+        raise PerserbenchError(f"unknown control {control!r}; choose one of {', '.join(CONTROLS)}")
     if isinstance(method, str):
         get_method(method)  # an unknown name fails before any work
     scenarios = tuple(scenarios or task.spec.episodes.scenarios)
@@ -176,6 +190,8 @@ def run(
         for model in models:
             _check_reference(model)
         config, reference = models[0].config, is_reference(models[0])
+        if reference and control != "own":
+            raise PerserbenchError(f"{name!r} is a reference; the {control} control applies to methods only")
         if reference:
             for fold, model in zip(task.folds, models):
                 torch.manual_seed(_derived_seed(seed, fold.index))
@@ -199,7 +215,7 @@ def run(
                     progress(f"seed {seed} fold {fold.index}: adapt", 1)
                 for scenario in scenarios:
                     for k in shots:
-                        records.extend(_sealed_cell(sealed, name, task, fold, scenario, k, seed, audit))
+                        records.extend(_sealed_cell(sealed, name, task, fold, scenario, k, seed, audit, control))
                         if progress:
                             progress(f"seed {seed} fold {fold.index}: {scenario} K={k}", 1)
                 sealed.close()
@@ -209,7 +225,7 @@ def run(
         git_revision=_git_revision(),
         task={"name": task.spec.name, "version": task.spec.version, "hash": split_hash(task)},
         method={"name": name, "config": config_dict(config), "config_hash": config_hash(name, config),
-                "reference": reference},
+                "reference": reference, "control": control},
         seeds=list(seeds),
         scenarios=list(scenarios),
         shots=list(shots),
@@ -244,21 +260,29 @@ def isolation_units(episodes: Sequence[Episode]) -> list[list[Episode]]:
 
 
 def _sealed_cell(sealed: SealedMethod, name: str, task: ResolvedTask, fold: ListenerFold, scenario: str, k: int,
-                 seed: int, audit: _Audit) -> list[EpisodeRecord]:
+                 seed: int, audit: _Audit, control: str) -> list[EpisodeRecord]:
     episodes = sample_episodes(task, fold, scenario, k)
     if not episodes:
         return []
+    if control == "other-listener":
+        episodes = [control_episode(task, fold, ep) for ep in episodes]
     cell_seed = (seed, fold.index, SCENARIOS.index(scenario), k)
+    # Every unit of the cell, and the audit's lone episode, in flight at once: each is its own
+    # process, so they run in parallel and the fork latency is hidden.
+    units = isolation_units(episodes)
+    items = [[episode_items(task, ep) for ep in unit] for unit in units]
+    pending = [sealed.submit([s for s, _, _ in its], [q for _, q, _ in its], _derived_seed(*cell_seed, unit[0].index))
+               for unit, its in zip(units, items, strict=True)]
+    audited = audit_sample(episodes, cell_seed)
+    support, query, _ = episode_items(task, audited)
+    audit_pending = sealed.submit([support], [query], _derived_seed(*cell_seed, audited.index), stage="audit")
     scored: dict[tuple, Prediction] = {}
     out = []
-    for unit in isolation_units(episodes):
-        items = [episode_items(task, ep) for ep in unit]
-        predictions = sealed.predict([s for s, _, _ in items], [q for _, q, _ in items],
-                                     _derived_seed(*cell_seed, unit[0].index))
-        for ep, (support, _, truth), prediction in zip(unit, items, predictions, strict=True):
+    for unit, its, ticket in zip(units, items, pending, strict=True):
+        for ep, (support, _, truth), prediction in zip(unit, its, sealed.collect(ticket), strict=True):
             scored[ep.key] = prediction
             out.append(_record(fold, ep, seed, len(support), truth, prediction))
-    _audit_cell(sealed, name, task, episodes, scored, cell_seed, audit)
+    _check_audit(name, audited, sealed.collect(audit_pending)[0], scored[audited.key], audit)
     return out
 
 
@@ -268,12 +292,8 @@ def audit_sample(episodes: Sequence[Episode], cell_seed: Sequence[int]) -> Episo
     return episodes[int(rng.integers(len(episodes)))]
 
 
-def _audit_cell(sealed: SealedMethod, name: str, task: ResolvedTask, episodes: Sequence[Episode],
-                scored: dict[tuple, Prediction], cell_seed: Sequence[int], audit: _Audit) -> None:
-    ep = audit_sample(episodes, cell_seed)
-    support, query, _ = episode_items(task, ep)
-    alone = sealed.predict([support], [query], _derived_seed(*cell_seed, ep.index), stage="audit")[0]
-    before = scored[ep.key]
+def _check_audit(name: str, ep: Episode, alone: Prediction, before: Prediction, audit: _Audit) -> None:
+    """Compare the audited episode adapted alone with its scored prediction."""
     diff = float(np.abs(alone.proba.astype(np.float64) - before.proba).max()) if alone.proba.shape == \
         before.proba.shape else float("inf")
     if (alone.thresholds is None) != (before.thresholds is None):
@@ -318,7 +338,11 @@ def result_filename(result: RunResult) -> str:
     scen = "both" if set(result.scenarios) == set(SCENARIOS) else "-".join(result.scenarios)
     return (f"{result.method_name}__{result.task_name}__{scen}__k{'-'.join(map(str, result.shots))}"
             f"__s{'-'.join(map(str, result.seeds))}__{result.method['config_hash'][:8]}"
-            f"__t{str(result.task['hash'])[:8]}.json")
+            f"__t{str(result.task['hash'])[:8]}{control_suffix(result.method.get('control', 'own'))}.json")
+
+
+def control_suffix(control: str) -> str:
+    return "" if control == "own" else "__ctl-other"
 
 
 def write_result(result: RunResult, out_dir: Path) -> Path:

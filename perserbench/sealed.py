@@ -32,6 +32,7 @@ refuses results above the ceiling (:mod:`perserbench.leaderboard`).
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import pickle
@@ -141,6 +142,12 @@ class SealedMethod:
                 stage: str = "adapt") -> list[Prediction]:
         """Adapt on ``supports`` (one per listener) and predict each ``queries[i]`` with the
         i-th adapted predictor, in a process forked for this call alone."""
+        return self.collect(self.submit(supports, queries, torch_seed, stage))
+
+    def submit(self, supports: list[LabelledItems], queries: list[Items], torch_seed: int,
+               stage: str = "adapt") -> PendingUnit:
+        """Start a unit and return at once; :meth:`collect` waits for its answer. Several units
+        in flight run in parallel (each is its own process), which hides the fork latency."""
         self.wait_ready()
         self._conn.send(("unit",))
         self._expect("unit", stage)
@@ -150,20 +157,38 @@ class SealedMethod:
             raise MethodError(f"method {self.name!r}: its worker did not open a unit ({exc})") from None
         try:
             unit.send_bytes(pickle.dumps((torch_seed, supports, queries), protocol=pickle.HIGHEST_PROTOCOL))
-            message = unit.recv()
+        except OSError:
+            unit.close()
+            raise MethodError(f"method {self.name!r}: its unit process died during {stage} before reading its "
+                              "episodes") from None
+        return PendingUnit(unit, [len(q) for q in queries], stage)
+
+    def collect(self, pending: PendingUnit) -> list[Prediction]:
+        stage = pending.stage
+        try:
+            message = pending.conn.recv()
         except (EOFError, OSError):
             raise MethodError(f"method {self.name!r}: its unit process died during {stage} without an answer; "
                               "run it alone to see its own error") from None
         finally:
-            unit.close()
+            pending.conn.close()
         if not isinstance(message, tuple) or len(message) != 2 or message[0] not in ("ok", "error"):
             raise MethodError(f"method {self.name!r}: broke the unit protocol during {stage}")
         if message[0] == "error":
             raise MethodError(f"method {self.name!r} raised during {stage}: {message[1]}")
-        if not isinstance(message[1], list) or len(message[1]) != len(queries):
+        if not isinstance(message[1], list) or len(message[1]) != len(pending.query_sizes):
             raise MethodError(f"method {self.name!r} during {stage}: answered {len(message[1])} episodes for "
-                              f"{len(queries)}")
-        return [_checked(self.name, stage, p, len(q)) for p, q in zip(message[1], queries, strict=True)]
+                              f"{len(pending.query_sizes)}")
+        return [_checked(self.name, stage, p, n) for p, n in zip(message[1], pending.query_sizes, strict=True)]
+
+
+@dataclass
+class PendingUnit:
+    """A unit process that has its episodes and has not answered yet."""
+
+    conn: Connection
+    query_sizes: list[int]
+    stage: str
 
 
 def _checked(name: str, stage: str, raw: Any, n_query: int) -> Prediction:
@@ -201,6 +226,10 @@ def _fold_worker(conn: Connection) -> None:
         conn.send(("error", _describe(exc)))
         return
     conn.send(("ready",))
+    # Move everything alive now out of the collector's reach: a unit's garbage collections then
+    # never touch (and so never copy-on-write) the fold worker's pages, which keeps forks cheap.
+    gc.collect()
+    gc.freeze()
     while True:
         try:
             command = conn.recv()

@@ -269,3 +269,27 @@ def test_the_oracle_is_a_reference_and_is_not_audited():
     task = load("synthetic-uniform")
     result = run("oracle", task, [1], ["unseen"])
     assert result.method["reference"] is True and result.audit["ran"] is False
+
+
+def test_other_listener_control_adapts_on_a_partner_and_scores_the_own_query(toy):
+    from perserbench.episodes import control_episode, control_partner
+
+    ann = toy.annotations if hasattr(toy, "annotations") else toy.corpus.annotations
+    fold = toy.folds[0]
+    for ep in sample_episodes(toy, fold, "unseen", 5):
+        ctl = control_episode(toy, fold, ep)
+        partner = control_partner(fold, "unseen", ep.listener)
+        assert partner != ep.listener and partner in fold.test["unseen"]
+        assert (ann.listener[ctl.support] == partner).all() and len(ctl.support) == 5
+        np.testing.assert_array_equal(ctl.query, ep.query)
+        assert not set(ann.utterance[ctl.support]) & set(ann.utterance[ep.query])
+    own = run("label-support", toy, [5])
+    other = run("label-support", toy, [5], control="other-listener")
+    assert other.method["control"] == "other-listener" and other.audit["passed"]
+    assert [r.listener for r in other.episodes] == [r.listener for r in own.episodes]
+    # toy listeners of opposite parity label oppositely: the partner's label rates hurt
+    mean = lambda r: np.mean([e.macro_f1 for e in r.episodes])  # noqa: E731
+    assert mean(own) > mean(other)
+    from perserbench.runner import result_filename
+
+    assert result_filename(other).endswith("__ctl-other.json") and not result_filename(own).endswith("ctl-other.json")

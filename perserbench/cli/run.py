@@ -68,6 +68,8 @@ def run_command(
     root: Annotated[Path | None, typer.Option("--root", help="Corpus root directory (real corpora).")] = None,
     corpus_option: Annotated[list[str] | None, typer.Option("--corpus-option", help="Corpus loader option key=value; repeatable.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the result JSON.")] = Path("runs"),
+    control: Annotated[str, typer.Option("--control", help="own (default) or other-listener: adapt on another "
+                                         "test listener's support, score on this listener's query.")] = "own",
 ) -> None:
     """Run one method on one task and write its RunResult JSON."""
     from perserbench.registry import get_method
@@ -85,7 +87,7 @@ def run_command(
                   TimeElapsedColumn(), console=err_console, transient=True) as bar:
         job = bar.add_task(f"{method} on {resolved.spec.name}", total=total_steps(resolved, shot_list, scenarios, seed_list))
         result = run(method, resolved, shot_list, scenarios, seed_list, parse_options(config, "--config"),
-                     progress=lambda desc, n: bar.update(job, description=desc, advance=n))
+                     progress=lambda desc, n: bar.update(job, description=desc, advance=n), control=control)
     path = write_result(result, out)
     console.print(result_table(result))
     console.print(f"wrote {path}  ({result.wall_time_s:.1f} s)")

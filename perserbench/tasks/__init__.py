@@ -24,6 +24,8 @@ from perserbench.errors import PerserbenchError
 
 SCENARIOS = ("seen", "unseen")
 SPLIT_FIELDS = ("session", "speaker")
+# "development": defaults are tuned on it; it never appears on the board (DESIGN §2).
+PURPOSES = ("benchmark", "development")
 
 
 def tasks_dir() -> Path:
@@ -78,6 +80,7 @@ class TaskSpec:
     episodes: EpisodeSpec
     consensus: ConsensusSpec = ConsensusSpec()
     description: str = ""
+    purpose: str = "benchmark"
     source: str = "<memory>"
 
     @property
@@ -88,7 +91,13 @@ class TaskSpec:
         data = dataclasses.asdict(self)
         data.pop("source")
         data.pop("description")  # prose; must not change the hash
+        data.pop("purpose")  # what the task is for, not what it is
         return data
+
+    @property
+    def is_development(self) -> bool:
+        """A development task (e.g. ``synthetic-dev``): where defaults are tuned, never ranked."""
+        return self.purpose == "development"
 
 
 def _build(cls: type, table: Any, where: str, source: str) -> Any:
@@ -138,7 +147,7 @@ def parse_task(data: dict[str, Any], source: str = "<memory>") -> TaskSpec:
         if name not in spec_kwargs:
             raise PerserbenchError(f"{source}: missing table [{name}]")
     head = _build(_TopLevel, top, "", source)
-    spec = TaskSpec(name=head.name, version=head.version, description=head.description,
+    spec = TaskSpec(name=head.name, version=head.version, description=head.description, purpose=head.purpose,
                     source=source, **spec_kwargs)
     _check_values(spec)
     return spec
@@ -149,10 +158,13 @@ class _TopLevel:
     name: str
     version: str
     description: str = ""
+    purpose: str = "benchmark"
 
 
 def _check_values(spec: TaskSpec) -> None:
     src, ep = spec.source, spec.episodes
+    if spec.purpose not in PURPOSES:
+        raise PerserbenchError(f"{src}: 'purpose' must be one of {', '.join(PURPOSES)}, got {spec.purpose!r}")
     if not spec.corpus.labels or len(set(spec.corpus.labels)) != len(spec.corpus.labels):
         raise PerserbenchError(f"{src}: 'corpus.labels' must be a non-empty list of distinct names")
     if spec.listeners.folds < 1:
