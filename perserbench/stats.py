@@ -342,3 +342,50 @@ def friedman(
     cd = q * float(np.sqrt(k * (k + 1) / (6.0 * n)))
     return FriedmanResult(list(methods), n, [float(x) for x in ranks], chi2, p, f_f, f_p, df1, df2, alpha, q, cd,
                           nemenyi_groups(ranks, cd))
+
+
+@dataclass(frozen=True)
+class EquivalenceTest:
+    """Two one-sided tests (TOST) of a paired mean difference against ``±margin``.
+
+    ``equivalent`` means the difference is shown to lie inside the margin (both one-sided
+    p-values below alpha, i.e. the (1 − 2α) CI lies inside ``(−margin, margin)``): a positive
+    finding, unlike "not significantly different", which a small or noisy sample always gives.
+    ``power`` is the probability of showing equivalence at this sample size and spread if the
+    true difference were 0 (normal approximation), so a verdict can be read with its power."""
+
+    n: int
+    mean: float
+    ci_low: float
+    ci_high: float
+    margin: float
+    alpha: float
+    p_value: float
+    equivalent: bool
+    power: float
+
+    @property
+    def harmful(self) -> bool:
+        """Shown to be worse than ``−margin`` (the upper CI bound is below it)."""
+        return self.ci_high < -self.margin
+
+
+def equivalence_test(diff: Sequence[float], margin: float, alpha: float = 0.05) -> EquivalenceTest:
+    """TOST on paired differences (e.g. per-listener macro-F1, method − consensus), with
+    scipy's one-sample t-tests against ``−margin`` (greater) and ``+margin`` (less)."""
+    d = np.asarray(diff, dtype=float)
+    if d.ndim != 1 or len(d) < 2:
+        raise ValueError("equivalence_test needs at least 2 paired differences")
+    if not margin > 0:
+        raise ValueError(f"margin must be positive, got {margin}")
+    n, mean = len(d), float(d.mean())
+    se = float(d.std(ddof=1) / np.sqrt(n))
+    if se == 0.0:
+        inside = abs(mean) < margin
+        return EquivalenceTest(n, mean, mean, mean, margin, alpha, 0.0 if inside else 1.0, inside, 1.0)
+    p_low = float(stats.ttest_1samp(d, -margin, alternative="greater").pvalue)
+    p_high = float(stats.ttest_1samp(d, margin, alternative="less").pvalue)
+    half = float(stats.t.ppf(1 - alpha, n - 1)) * se
+    power = max(0.0, 2 * float(stats.norm.cdf(margin / se - stats.norm.ppf(1 - alpha))) - 1)
+    p_value = max(p_low, p_high)
+    return EquivalenceTest(n, mean, mean - half, mean + half, margin, alpha, p_value, p_value < alpha, power)

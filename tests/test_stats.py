@@ -254,3 +254,23 @@ def test_cli_headerless_numeric_table_and_errors(tmp_path, cli):
     two.write_text("a,b\n1,2\n2,3\n")
     code, _, err = cli("stats", "friedman", two)
     assert code == 2 and "at least 3 methods" in err
+
+
+def test_equivalence_test_matches_its_confidence_interval_and_detects_harm():
+    from perserbench.stats import equivalence_test
+
+    rng = np.random.default_rng(0)
+    near = equivalence_test(rng.normal(0.001, 0.01, size=40), margin=0.01)
+    assert near.equivalent and near.p_value < 0.05 and -0.01 < near.ci_low < near.ci_high < 0.01
+    assert not near.harmful and 0.9 < near.power <= 1.0
+    harm = equivalence_test(rng.normal(-0.05, 0.01, size=40), margin=0.01)
+    assert not harm.equivalent and harm.harmful
+    # a small noisy sample is "not significant" but not equivalent either: TOST says so
+    noisy = equivalence_test(rng.normal(0.0, 0.05, size=6), margin=0.01)
+    assert not noisy.equivalent and not noisy.harmful and noisy.power < 0.5
+    # the TOST p-value is the larger one-sided p (scipy's t-test), by hand:
+    d = np.array([0.004, -0.002, 0.006, 0.001, 0.003])
+    t_low = (d.mean() + 0.01) / (d.std(ddof=1) / np.sqrt(5))
+    t_high = (d.mean() - 0.01) / (d.std(ddof=1) / np.sqrt(5))
+    expected = max(sps.t.sf(t_low, 4), sps.t.cdf(t_high, 4))
+    assert equivalence_test(d, 0.01).p_value == pytest.approx(expected)
