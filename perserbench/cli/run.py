@@ -103,9 +103,10 @@ def methods_command() -> None:
                       title_justify="left", show_edge=False)
         table.add_column("option")
         table.add_column("default", justify="right")
+        table.add_column("valid")
         table.add_column("why")
         for f in config_fields(name):
-            table.add_row(f.name, repr(f.default), f.doc)
+            table.add_row(f.name, repr(f.default), f.valid, f.doc)
         console.print(table)
 
 
