@@ -332,7 +332,8 @@ def _batches(rows: np.ndarray, seconds: np.ndarray, budget: float) -> list[np.nd
     return batches
 
 
-def _command(corpus: Corpus, key: str) -> str:
+def extract_command(corpus: Corpus, key: str) -> str:
+    """The command that (re)builds the cache entry of ``corpus`` and ``key`` (for error messages)."""
     root = corpus.metadata.get("manifest") or corpus.metadata.get("root") or "DIR"
     return f"perserbench features extract --corpus {corpus.name} --root {root} --upstream UPSTREAM --key {key}"
 
@@ -350,7 +351,7 @@ def load_cached_features(corpus: Corpus, key: str, cache_dir: str | Path | None 
             if _partial_dir(entry).exists() else ""
         raise PerserbenchError(
             f"no cached features {key!r} for corpus {corpus.name!r} at {_corpus_root(corpus)} in "
-            f"{entry.parent.parent}{hint}; run: {_command(corpus, key)}"
+            f"{entry.parent.parent}{hint}; run: {extract_command(corpus, key)}"
         )
     index = {u: i for i, u in enumerate(manifest["ids"])}
     audio = {a["id"]: a for a in manifest["audio"]}
@@ -365,12 +366,12 @@ def load_cached_features(corpus: Corpus, key: str, cache_dir: str | Path | None 
         if utt.audio_path and _audio_stat(utt.audio_path) != (audio[utt.id]["size"], audio[utt.id]["mtime_ns"]):
             raise PerserbenchError(
                 f"audio file {utt.audio_path} changed since features {key!r} were extracted; "
-                f"run again: {_command(corpus, key)}"
+                f"run again: {extract_command(corpus, key)}"
             )
     if missing:
         raise PerserbenchError(
             f"{len(missing)} utterances of corpus {corpus.name!r} have no cached features {key!r} "
-            f"(first: {missing[0]}); run: {_command(corpus, key)}"
+            f"(first: {missing[0]}); run: {extract_command(corpus, key)}"
         )
     out = np.empty((len(rows), manifest["shapes"]["layers"], manifest["shapes"]["dim"]), dtype=np.float32)
     for i, name in enumerate(manifest["layer_files"]):
