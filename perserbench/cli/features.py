@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from perserbench.cli import app
-from perserbench.cli.run import corpus_options
+from perserbench.cli.run import CorpusOption, CorpusOptionAlias, corpus_options
 
 console = Console()
 err_console = Console(stderr=True)
@@ -40,7 +40,8 @@ def extract_command(
     revision: Annotated[str | None, typer.Option("--revision", help="Hub revision (branch, tag or commit) of the upstream.")] = None,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Cache folder (default $PERSERBENCH_CACHE or ~/.cache/perserbench).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute everything even if the cache is up to date.")] = False,
-    corpus_option: Annotated[list[str] | None, typer.Option("--corpus-option", help="Corpus loader option key=value; repeatable.")] = None,
+    corpus_option: CorpusOption = None,
+    option: CorpusOptionAlias = None,
 ) -> None:
     """Compute per-layer, mean-pooled upstream features of every utterance and cache them.
 
@@ -49,7 +50,7 @@ def extract_command(
     from perserbench.data import load_corpus
     from perserbench.features.cache import extract_features
 
-    options = corpus_options(root, corpus_option)
+    options = corpus_options(root, corpus_option, option)
     if cache_dir is not None:
         options["cache_dir"] = str(cache_dir)
     loaded = load_corpus(corpus, **options)
