@@ -7,8 +7,8 @@ options come from a task's ``[corpus]`` table or the CLI (e.g. ``root=...``).
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Callable
+from inspect import Parameter, signature  # not `import inspect`: data/inspect.py would shadow it
 from typing import Any
 
 from perserbench.data.corpus import Annotations, Corpus, Utterance
@@ -54,11 +54,11 @@ def loader_options(name: str) -> tuple[str, ...] | None:
     _import_builtins()
     if name not in _LOADERS:
         raise PerserbenchError(f"unknown corpus {name!r}; known corpora: {', '.join(sorted(_LOADERS))}")
-    params = inspect.signature(_LOADERS[name]).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+    params = signature(_LOADERS[name]).parameters.values()
+    if any(p.kind is Parameter.VAR_KEYWORD for p in params):
         return None
-    return tuple(p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                                       inspect.Parameter.KEYWORD_ONLY))
+    return tuple(p.name for p in params if p.kind in (Parameter.POSITIONAL_OR_KEYWORD,
+                                                       Parameter.KEYWORD_ONLY))
 
 
 def load_corpus(name: str, **options: Any) -> Corpus:

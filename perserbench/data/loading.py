@@ -88,7 +88,7 @@ class OptionError(PerserbenchError):
 def check_policy(missing_audio: str) -> str:
     if missing_audio not in MISSING_AUDIO_POLICIES:
         raise OptionError("missing_audio",
-                          f"option 'missing_audio' must be one of {', '.join(MISSING_AUDIO_POLICIES)}, "
+                          f"missing_audio must be one of {', '.join(MISSING_AUDIO_POLICIES)}, "
                           f"got {missing_audio!r}")
     return missing_audio
 
