@@ -17,13 +17,26 @@ from pathlib import Path
 from perserbench.errors import PerserbenchError
 
 
+def check_output_file(path: str | Path, option: str) -> None:
+    """Like :func:`check_output_dir` for a single output file: ``path`` must not be a
+    directory and its folder must be, or be creatable as, a writable directory."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise PerserbenchError(f"{option} {path} is a directory; give the path of a file to write")
+    _check_writable(path, path.absolute().parent, option)
+
+
 def check_output_dir(path: str | Path, option: str = "--out") -> None:
     """Raise a one-line :class:`PerserbenchError` unless ``path`` is, or can be created as, a
     writable directory. ``option`` names the command-line option in the message."""
     path = Path(path).expanduser()
-    target = path.absolute()
-    if target.exists() and not target.is_dir():
+    if path.exists() and not path.is_dir():
         raise PerserbenchError(f"{option} {path} is a file, not a directory; choose a directory for the output")
+    _check_writable(path, path.absolute(), option)
+
+
+def _check_writable(path: Path, target: Path, option: str) -> None:
+    """``target`` (the folder to write in) exists as a writable directory or can be created."""
     existing = target
     while not existing.exists():  # the nearest ancestor that exists: where mkdir would start
         existing = existing.parent

@@ -194,6 +194,10 @@ CASES = [
          r"--out .*a-file is a file, not a directory"),
     Case("compare-out-under-a-file", lambda tmp: ["compare", str(tmp), "--out", str(_file(tmp) / "report")],
          r"--out .*a-file/report lies under .*a-file, which is a file"),
+    Case("bench-json-is-a-directory", lambda tmp: ["bench", "--json", str(_dir(tmp, "timings"))],
+         r"--json .*timings is a directory; give the path of a file to write"),
+    Case("bench-json-under-a-file", lambda tmp: ["bench", "--json", str(_file(tmp) / "t.json")],
+         r"--json .*a-file/t\.json lies under .*a-file, which is a file"),
     # ------------------------------------------------------------------ damaged data
     Case("manifest-nan-feature", lambda tmp: ["data", "inspect", "manifest", "--root", str(write_manifest(
         tmp, ["u1,L1,a,s,S1,0.1,0.2", "u2,L1,b,s,S1,nan,0.4"]))],
