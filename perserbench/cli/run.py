@@ -135,6 +135,7 @@ def tasks_command(
     root: Annotated[Path | None, typer.Option("--root", help="Resolve tasks of this corpus root too.")] = None,
 ) -> None:
     """List tasks with listeners, folds, scenarios, shots and split hash."""
+    from perserbench.data import loader_options
     from perserbench.episodes import split_hash
     from perserbench.tasks import load_task_spec, resolve_task, task_names
 
@@ -151,7 +152,8 @@ def tasks_command(
         spec = load_task_spec(name)
         listeners, hash_ = "-", "-"
         try:
-            resolved = resolve_task(spec, {"root": str(root)} if root else None)
+            takes_root = "root" in (loader_options(spec.corpus.name) or ("root",))
+            resolved = resolve_task(spec, {"root": str(root)} if root and takes_root else None)
             tested = {x for f in resolved.folds for v in f.test.values() for x in v}
             listeners = f"{len(tested)}/{len(resolved.corpus.listeners)}"
             hash_ = split_hash(resolved)
