@@ -21,6 +21,7 @@ run: $(STAMP)
 	$(BIN)/perserbench run $(ARGS)
 
 test: $(STAMP)
+	.ci/ensure-chromium
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

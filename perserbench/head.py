@@ -20,9 +20,19 @@ from perserbench.episodes import MetaTrainSet
 MAX_POS_WEIGHT = 20.0
 
 
-def _doc(default: Any, why: str) -> Any:
-    """A config field whose default carries its reason (shown by ``perserbench methods``)."""
-    return field(default=default, metadata={"doc": why})
+def _doc(default: Any, why: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+         lt: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
+    """A config field whose default carries its reason (shown by ``perserbench methods``) and
+    whose valid values are declared beside it (``ge``/``gt``/``le``/``lt`` bounds, ``choices``),
+    so :func:`perserbench.registry.check_config` refuses ``epochs=-3`` before any work instead
+    of training nothing and writing a normal-looking result."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    metadata: dict[str, Any] = {"doc": why}
+    if bounds:
+        metadata["bounds"] = bounds
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    return field(default=default, metadata=metadata)
 
 
 def pool_features(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import pkgutil
 import typing
 from collections.abc import Callable
@@ -86,21 +87,74 @@ class ConfigField:
     type: str
     default: Any
     doc: str
+    valid: str = ""  # the declared range, e.g. ">= 1", ">= 0, < 1", "consensus or random"
+
+
+_BOUND_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def _valid_text(f: dataclasses.Field) -> str:
+    """The declared range of a config field in words (``perserbench methods`` and errors)."""
+    if "choices" in f.metadata:
+        return "one of " + ", ".join(f.metadata["choices"])
+    return ", ".join(f"{_BOUND_TEXT[k]} {v:g}" for k, v in f.metadata.get("bounds", {}).items())
 
 
 def config_fields(name: str) -> list[ConfigField]:
-    """Fields of a method's Config with defaults and the per-field reason (``metadata['doc']``)."""
+    """Fields of a method's Config with defaults, the per-field reason (``metadata['doc']``)
+    and the declared range."""
     cls = get_method(name).Config
     out = []
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        out.append(ConfigField(f.name, str(f.type), default, f.metadata.get("doc", "")))
+        out.append(ConfigField(f.name, str(f.type), _default(f), f.metadata.get("doc", ""), _valid_text(f)))
     return out
 
 
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def check_config(name: str, config: Any) -> None:
+    """Refuse a config value outside its field's declared range (:func:`perserbench.head._doc`)
+    and any NaN or infinite number, with one line naming the method, key, value, the valid
+    range and the default. Called by :func:`make_config` for ``--config`` overrides; call it
+    too for a config built in code, before any data is loaded or any model trained."""
+    if not dataclasses.is_dataclass(config):
+        return
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        problem = _field_problem(f, value)
+        if problem is not None:
+            valid = _valid_text(f) or "a finite number"
+            valid = valid if valid.startswith(("one of", "a ")) else f"a value {valid}"
+            raise PerserbenchError(f"method {name!r}: config {f.name}={value!r} {problem}: choose {valid} "
+                                   f"(the default is {_default(f)!r})")
+
+
+def _field_problem(f: dataclasses.Field, value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "is not a finite number"
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        return "is not a valid choice"
+    for kind, bound in f.metadata.get("bounds", {}).items():
+        if not isinstance(value, (int, float)):
+            return "is not a number"
+        if not _WITHIN[kind](value, bound):
+            return "is out of range"
+    return None
+
+
+_WITHIN = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b, "lt": lambda v, b: v < b}
+
+
 def make_config(name: str, overrides: dict[str, str] | None = None) -> Any:
-    """The method's Config with ``key=value`` string overrides parsed to the field types."""
+    """The method's Config with ``key=value`` string overrides parsed to the field types and
+    checked against the declared ranges (:func:`check_config`)."""
     cls = get_method(name).Config
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -111,7 +165,9 @@ def make_config(name: str, overrides: dict[str, str] | None = None) -> Any:
                 f"method {name!r} has no config option {key!r} (options: {', '.join(sorted(fields)) or 'none'})"
             )
         kwargs[key] = _parse_value(name, key, raw, hints[key])
-    return cls(**kwargs)
+    config = cls(**kwargs)
+    check_config(name, config)
+    return config
 
 
 def _parse_value(method: str, key: str, raw: str, hint: Any) -> Any:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from perserbench.errors import PerserbenchError
+from perserbench.inputs import read_text
 
 SCHEMA_VERSION = 2  # 2: `audit` and method.reference (sealed evaluation, issue 9)
 METRICS = ("macro_f1", "micro_f1", "top1")
@@ -160,10 +161,9 @@ def save_result(result: RunResult, path: Path) -> Path:
 
 
 def load_result(path: Path) -> RunResult:
+    text = read_text(path, "result file")
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PerserbenchError(f"{path}: result file not found") from None
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PerserbenchError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
     return RunResult.from_dict(data, source=str(path))

@@ -87,7 +87,7 @@ def write_iemocap(root: Path, sessions: tuple[int, ...] = (1, 2, 3), dialogs: tu
 
 
 # ----------------------------------------------------------------------------- MSP-Podcast
-MSP_PRIMARY = ("Angry", "Sad", "Happy", "Neutral", "Surprise", "Contempt")
+MSP_PRIMARY = ("Angry", "Sad", "Happy", "Neutral", "Surprise", "Contempt", "Fear", "Disgust")
 MSP_SECONDARY = ("Frustrated", "Concerned", "Amused", "Annoyed")
 MSP_WORKERS = tuple(f"WORKER{n:08d}" for n in (11, 12, 13, 14, 15, 16))
 MSP_PARTITIONS = ("Train", "Development", "Test1")

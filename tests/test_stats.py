@@ -251,7 +251,7 @@ def test_cli_headerless_numeric_table_and_errors(tmp_path, cli):
     code, _, err = cli("stats", "friedman", tmp_path / "missing.csv")
     assert code == 2 and "file not found" in err
     two = tmp_path / "two.csv"
-    two.write_text("a,b\n1,2\n2,3\n")
+    two.write_text("a,b\n0.1,0.2\n0.2,0.3\n")
     code, _, err = cli("stats", "friedman", two)
     assert code == 2 and "at least 3 methods" in err
 

@@ -90,6 +90,10 @@ def bench_command(
             raise PerserbenchError(f"--{name} must be at least 1 (got {value})")
     if inner_steps < 0:
         raise PerserbenchError(f"--inner-steps must be at least 0 (got {inner_steps})")
+    if json_out is not None:
+        from perserbench.outputs import check_output_file
+
+        check_output_file(json_out, "--json")  # before minutes of timing, not after
     settings = BenchSettings(meta_batch=meta_batch, inner_steps=inner_steps, dim=dim, layers=layers,
                              listeners=listeners, shots=shots, support=support, query=query, repeats=repeats)
     with err_console.status("timing…") as status:
@@ -100,5 +104,7 @@ def bench_command(
     if json_out is not None:
         payload = {"settings": asdict(settings), "skipped": report.skipped,
                    "timings": [{**asdict(t), "rate": t.rate} for t in report.timings]}
-        json_out.write_text(json.dumps(payload, indent=2))
+        from perserbench.results import write_atomic
+
+        write_atomic(json_out, json.dumps(payload, indent=2))
         console.print(f"wrote {json_out}")

@@ -51,10 +51,12 @@ def compare_command(
 ) -> None:
     """Compare methods: paired tests over listeners, Holm, Friedman/Nemenyi, plots; writes a report."""
     from perserbench.errors import PerserbenchError
+    from perserbench.outputs import check_output_dir
     from perserbench.report import analyse, load_comparison, write_report
 
     if not 0.0 < alpha < 1.0:
         raise PerserbenchError(f"--alpha {alpha} must lie strictly between 0 and 1")
+    check_output_dir(out)
     an = analyse(load_comparison(paths, metric), alpha)
     written = write_report(an, out)
     console.print(summary_table(an))

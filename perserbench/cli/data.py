@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from perserbench.cli import app
-from perserbench.cli.run import corpus_options
+from perserbench.cli.run import CorpusOption, corpus_options
 
 console = Console()
 data_app = typer.Typer(help="Inspect corpora.", no_args_is_help=True)
@@ -22,7 +22,8 @@ app.add_typer(data_app, name="data")
 def inspect(
     corpus: Annotated[str, typer.Argument(help="Corpus name: synthetic, iemocap, msp-podcast, crema-d, manifest.")],
     root: Annotated[Path | None, typer.Option("--root", help="Corpus root directory (real corpora).")] = None,
-    option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Loader option key=value; repeatable (e.g. uniform=true).")] = None,
+    corpus_option: CorpusOption = None,
+    option: Annotated[list[str] | None, typer.Option("--option", "-o", hidden=True)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")] = False,
 ) -> None:
     """Utterances, speakers, sessions, listeners, labels per listener, label distribution,
@@ -30,7 +31,7 @@ def inspect(
     from perserbench.data import load_corpus
     from perserbench.data.inspect import corpus_summary
 
-    summary = corpus_summary(load_corpus(corpus, **corpus_options(root, option)))
+    summary = corpus_summary(load_corpus(corpus, **corpus_options(root, corpus_option, option)))
     if as_json:
         typer.echo(json.dumps(summary, indent=2, sort_keys=True))
         return

@@ -1,9 +1,9 @@
-"""``perserbench features extract`` and ``perserbench features list``: the feature cache."""
+"""``perserbench features extract``, ``list`` and ``verify``: the feature cache."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -18,12 +18,15 @@ from rich.progress import (
 from rich.table import Table
 
 from perserbench.cli import app
-from perserbench.cli.run import corpus_options
+from perserbench.cli.run import CorpusOption, CorpusOptionAlias, corpus_options
+
+if TYPE_CHECKING:
+    from perserbench.features.cache import EntryInfo
 
 console = Console()
 err_console = Console(stderr=True)
 
-features_app = typer.Typer(help="Extract upstream features into the cache and list cached features.",
+features_app = typer.Typer(help="Extract upstream features into the cache; list and verify cached features.",
                            no_args_is_help=True)
 app.add_typer(features_app, name="features")
 
@@ -40,7 +43,8 @@ def extract_command(
     revision: Annotated[str | None, typer.Option("--revision", help="Hub revision (branch, tag or commit) of the upstream.")] = None,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Cache folder (default $PERSERBENCH_CACHE or ~/.cache/perserbench).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute everything even if the cache is up to date.")] = False,
-    corpus_option: Annotated[list[str] | None, typer.Option("--corpus-option", help="Corpus loader option key=value; repeatable.")] = None,
+    corpus_option: CorpusOption = None,
+    option: CorpusOptionAlias = None,
 ) -> None:
     """Compute per-layer, mean-pooled upstream features of every utterance and cache them.
 
@@ -49,7 +53,7 @@ def extract_command(
     from perserbench.data import load_corpus
     from perserbench.features.cache import extract_features
 
-    options = corpus_options(root, corpus_option)
+    options = corpus_options(root, corpus_option, option)
     if cache_dir is not None:
         options["cache_dir"] = str(cache_dir)
     loaded = load_corpus(corpus, **options)
@@ -73,6 +77,8 @@ def extract_command(
     table.add_row("cache entry", str(report.entry))
     table.add_row("upstream", f"{report.upstream} (revision {report.revision})")
     table.add_row("utterances", str(report.n_utterances))
+    if report.repaired:
+        table.add_row("repaired", f"the entry was damaged ({report.repaired}); rebuilt")
     if report.up_to_date:
         table.add_row("status", "up to date: nothing to compute (0 forward passes)")
     else:
@@ -92,13 +98,42 @@ def list_command(
     from perserbench.features.cache import cache_root, list_entries
 
     entries = list_entries(cache_dir)
-    table = Table(title=f"feature cache {cache_root(cache_dir)}")
+    console.print(entry_table(f"feature cache {cache_root(cache_dir)}", entries))
+    if not entries:
+        console.print("no cached features yet: run `perserbench features extract --corpus C --root DIR --upstream U`")
+    for e in entries:
+        if e.damage:
+            console.print(f"[red]damaged[/red] {e.path}: {e.damage}; repair: {e.repair_command}", soft_wrap=True)
+
+
+@features_app.command("verify")
+def verify_command(
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Cache folder (default $PERSERBENCH_CACHE or ~/.cache/perserbench).")] = None,
+) -> None:
+    """Check every cached entry's files against their recorded sizes and SHA-256 checksums.
+
+    Exits with code 2 when an entry is damaged; `features extract` for that entry repairs it.
+    """
+    from perserbench.errors import PerserbenchError
+    from perserbench.features.cache import cache_root, list_entries
+
+    entries = [e for e in list_entries(cache_dir, checksums=True) if e.complete]
+    console.print(entry_table(f"verified feature cache {cache_root(cache_dir)}", entries))
+    damaged = [e for e in entries if e.damage]
+    if damaged:
+        first = damaged[0]
+        raise PerserbenchError(f"{len(damaged)} of {len(entries)} cache entries damaged (first: {first.path}: "
+                               f"{first.damage}); repair: {first.repair_command}")
+    console.print(f"{len(entries)} cache entries verified: every file matches its size and checksum")
+
+
+def entry_table(title: str, entries: list[EntryInfo]) -> Table:
+    """One row per cache entry; damaged entries say so in the state column."""
+    table = Table(title=title)
     for col in ("corpus", "key", "upstream", "rows", "layers x dim", "size", "state", "root"):
         table.add_column(col)
     for e in entries:
+        state = "[red]damaged[/red]" if e.damage else "complete" if e.complete else "[yellow]interrupted[/yellow]"
         table.add_row(e.corpus, e.key, e.upstream, str(e.rows), f"{e.layers} x {e.dim}",
-                      f"{e.bytes / 2**20:.1f} MiB", "complete" if e.complete else "[yellow]interrupted[/yellow]",
-                      e.root)
-    console.print(table)
-    if not entries:
-        console.print("no cached features yet: run `perserbench features extract --corpus C --root DIR --upstream U`")
+                      f"{e.bytes / 2**20:.1f} MiB", state, e.root)
+    return table

@@ -29,11 +29,27 @@ def parse_options(pairs: list[str] | None, what: str) -> dict[str, str]:
     return out
 
 
-def corpus_options(root: Path | None, options: list[str] | None) -> dict[str, object]:
-    parsed: dict[str, object] = dict(parse_options(options, "--corpus-option"))
+def corpus_options(root: Path | None, options: list[str] | None, alias: list[str] | None = None) -> dict[str, object]:
+    """Loader options from ``--root`` and ``--corpus-option`` (``alias``: the hidden ``--option``)."""
+    parsed: dict[str, object] = dict(parse_options([*(options or []), *(alias or [])], "--corpus-option"))
     if root is not None:
         parsed["root"] = str(root)
     return parsed
+
+
+# One spelling of the loader option everywhere; `--option` (what `data inspect` used to say)
+# still works, hidden.
+CorpusOption = Annotated[list[str] | None, typer.Option(
+    "--corpus-option", help="Corpus loader option key=value; repeatable (e.g. uniform=true).")]
+CorpusOptionAlias = Annotated[list[str] | None, typer.Option("--option", hidden=True)]
+
+
+def check_seeds(seeds: list[int] | None) -> list[int]:
+    """The seeds to run (default ``[0]``); numpy's generators take non-negative seeds only."""
+    for seed in seeds or []:
+        if seed < 0:
+            raise PerserbenchError(f"--seed {seed}: seeds must be non-negative integers")
+    return list(seeds) if seeds else [0]
 
 
 def result_table(result: RunResult) -> Table:
@@ -66,13 +82,15 @@ def run_command(
     seeds: Annotated[list[int] | None, typer.Option("--seed", "--seeds", help="Method training seed(s); repeat for several.")] = None,
     config: Annotated[list[str] | None, typer.Option("--config", "-c", help="Method config override key=value; repeatable.")] = None,
     root: Annotated[Path | None, typer.Option("--root", help="Corpus root directory (real corpora).")] = None,
-    corpus_option: Annotated[list[str] | None, typer.Option("--corpus-option", help="Corpus loader option key=value; repeatable.")] = None,
+    corpus_option: CorpusOption = None,
+    option: CorpusOptionAlias = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the result JSON.")] = Path("runs"),
     control: Annotated[str, typer.Option("--control", help="own (default) or other-listener: adapt on another "
                                          "test listener's support, score on this listener's query.")] = "own",
 ) -> None:
     """Run one method on one task and write its RunResult JSON."""
-    from perserbench.registry import get_method
+    from perserbench.outputs import check_output_dir
+    from perserbench.registry import get_method, make_config
     from perserbench.runner import run, total_steps, write_result
     from perserbench.tasks import load_task
 
@@ -80,9 +98,11 @@ def run_command(
     scenarios = ["seen", "unseen"] if scenario == "both" else [scenario]
     if scenario not in ("seen", "unseen", "both"):
         raise PerserbenchError(f"unknown scenario {scenario!r}; choose seen, unseen or both")
-    resolved = load_task(task, corpus_options(root, corpus_option))
+    seed_list = check_seeds(seeds)
+    make_config(method, parse_options(config, "--config"))  # bad --config values fail before any work
+    check_output_dir(out)
+    resolved = load_task(task, corpus_options(root, corpus_option, option))
     shot_list = list(shots) if shots else list(resolved.spec.episodes.shots)
-    seed_list = list(seeds) if seeds else [0]
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console, transient=True) as bar:
         job = bar.add_task(f"{method} on {resolved.spec.name}", total=total_steps(resolved, shot_list, scenarios, seed_list))
@@ -105,9 +125,10 @@ def methods_command() -> None:
                       title_justify="left", show_edge=False)
         table.add_column("option")
         table.add_column("default", justify="right")
+        table.add_column("valid")
         table.add_column("why")
         for f in config_fields(name):
-            table.add_row(f.name, repr(f.default), f.doc)
+            table.add_row(f.name, repr(f.default), f.valid, f.doc)
         console.print(table)
 
 
@@ -116,6 +137,7 @@ def tasks_command(
     root: Annotated[Path | None, typer.Option("--root", help="Resolve tasks of this corpus root too.")] = None,
 ) -> None:
     """List tasks with listeners, folds, scenarios, shots and split hash."""
+    from perserbench.data import loader_options
     from perserbench.episodes import split_hash
     from perserbench.tasks import load_task_spec, resolve_task, task_names
 
@@ -132,7 +154,8 @@ def tasks_command(
         spec = load_task_spec(name)
         listeners, hash_ = "-", "-"
         try:
-            resolved = resolve_task(spec, {"root": str(root)} if root else None)
+            takes_root = "root" in (loader_options(spec.corpus.name) or ("root",))
+            resolved = resolve_task(spec, {"root": str(root)} if root and takes_root else None)
             tested = {x for f in resolved.folds for v in f.test.values() for x in v}
             listeners = f"{len(tested)}/{len(resolved.corpus.listeners)}"
             hash_ = split_hash(resolved)
@@ -161,13 +184,22 @@ def sweep_command(
 ) -> None:
     """Run a grid of methods × tasks × seeds; finished result files are skipped (resumable)."""
     from perserbench.executors import execute, is_done, plan
+    from perserbench.outputs import check_output_dir
 
     if scenario not in ("seen", "unseen", "both"):
         raise PerserbenchError(f"unknown scenario {scenario!r}; choose seen, unseen or both")
     scenarios = ["seen", "unseen"] if scenario == "both" else [scenario]
-    jobs = plan([m.strip() for m in methods.split(",") if m.strip()],
-                [t.strip() for t in tasks.split(",") if t.strip()], seeds or [0], shots, scenarios, out,
-                corpus_options=corpus_options(root, None))
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    task_list = [t.strip() for t in tasks.split(",") if t.strip()]
+    for flag, raw, names in (("--methods", methods, method_list), ("--tasks", tasks, task_list)):
+        if not names:
+            raise PerserbenchError(f"{flag} {raw!r} names nothing; give comma-separated names, e.g. "
+                                   f"{flag} {'consensus,finetune' if flag == '--methods' else 'synthetic'}")
+    if workers < 1:
+        raise PerserbenchError(f"--workers {workers}: give at least 1 worker process")
+    seed_list = check_seeds(seeds)
+    check_output_dir(out)
+    jobs = plan(method_list, task_list, seed_list, shots, scenarios, out, corpus_options=corpus_options(root, None))
     todo = [j for j in jobs if not is_done(j)]
     console.print(f"{len(jobs)} jobs, {len(jobs) - len(todo)} already finished, {len(todo)} to run")
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -1,13 +1,16 @@
 """``perserbench stats friedman|pair``: the statistics on any table of scores.
 
 Input: a CSV with one row per block (a data set, a task cell, a listener) and one column per
-method; a first column that is not numeric is taken as the block label. This lets the
+method; a first column that is not numeric (or is headed ``block``, ``id``, ``dataset`` ...)
+is taken as the block label, and a numeric first column that looks like block ids is refused
+rather than ranked as a method (``--label-column`` / ``--no-label-column`` decide). This lets the
 statistics be used, and checked against published examples, without result files.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +22,7 @@ from rich.table import Table
 
 from perserbench.cli import app
 from perserbench.errors import PerserbenchError
+from perserbench.inputs import read_text
 
 console = Console()
 stats_app = typer.Typer(help="Friedman/Nemenyi and paired tests on a CSV of scores (rows = blocks, columns = methods).",
@@ -39,27 +43,53 @@ class ScoreTable:
         return self.scores[:, self.methods.index(name)]
 
 
-def read_scores(path: Path) -> ScoreTable:
-    """Parse the CSV (pandas); every problem is one error naming the file, line and column."""
+# Headers that name a column of block labels even when the labels are numbers (block ids).
+BLOCK_HEADERS = frozenset({"", "block", "blocks", "id", "dataset", "data set", "task", "cell", "listener", "fold",
+                           "row"})
+
+LabelColumnOption = Annotated[bool | None, typer.Option(
+    "--label-column/--no-label-column",
+    help="The first column holds block labels / is a method. Default: labels when it is not numeric or is "
+         "headed block, id, dataset, task, cell, listener or fold.")]
+
+
+def read_scores(path: Path, label_column: bool | None = None) -> ScoreTable:
+    """Parse the CSV (pandas); every problem is one error naming the file, line and column.
+
+    ``label_column``: whether the first column holds block labels (``None``: decide from the
+    table, refusing to guess when a numeric first column looks like block ids)."""
     import pandas as pd
 
+    text = read_text(path, "CSV file")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except FileNotFoundError:
-        raise PerserbenchError(f"{path}: file not found") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        # header=None: pandas would rename a repeated header "A" to "A.1" and hide the mistake.
+        frame = pd.read_csv(io.StringIO(text), dtype=str, header=None, keep_default_na=False,
+                            skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise PerserbenchError(f"{path}: not a readable CSV ({str(exc).strip().splitlines()[0]})") from None
+    columns = [str(c).strip() for c in frame.iloc[0]]
+    frame = frame.iloc[1:].reset_index(drop=True)
     if frame.shape[0] == 0:
         raise PerserbenchError(f"{path}: no rows of scores")
-    columns = [str(c).strip() for c in frame.columns]
-    if len(set(columns)) != len(columns):
-        raise PerserbenchError(f"{path}: repeated column names in the header")
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise PerserbenchError(f"{path}, line 1: column name {repeated[0]!r} appears more than once; "
+                               "give every method its own column")
     frame.columns = columns
 
     def numeric(col: str) -> bool:
-        return pd.to_numeric(frame[col].str.strip(), errors="coerce").notna().all()
+        return bool(pd.to_numeric(frame[col].str.strip(), errors="coerce").notna().all())
 
-    label_col = columns[0] if not numeric(columns[0]) else None
+    first = columns[0]
+    if label_column is None:
+        label_column = not numeric(first) or first.lower() in BLOCK_HEADERS
+        values = pd.to_numeric(frame[first].str.strip(), errors="coerce")
+        if not label_column and len(frame) > 1 and (values % 1 == 0).all() and values.is_unique:
+            raise PerserbenchError(
+                f"{path}: the first column {first!r} holds distinct whole numbers, like block ids; pass "
+                "--label-column to use it as block labels, or --no-label-column to rank it as a method"
+            )
+    label_col = first if label_column else None
     methods = [c for c in columns if c != label_col]
     blocks = list(frame[label_col]) if label_col else [str(i + 1) for i in range(len(frame))]
     scores = np.empty((len(frame), len(methods)))
@@ -89,13 +119,14 @@ def friedman_command(
     alpha: Annotated[float, typer.Option("--alpha", help="Significance level of the Nemenyi critical difference.")] = 0.05,
     lower_is_better: Annotated[bool, typer.Option("--lower-is-better", help="Rank 1 = lowest score (errors, losses).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    label_column: LabelColumnOption = None,
 ) -> None:
     """Friedman test, Iman–Davenport F, average ranks and Nemenyi critical difference."""
     from perserbench.stats import friedman
 
     if not 0.0 < alpha < 1.0:
         raise PerserbenchError(f"--alpha {alpha} must lie strictly between 0 and 1")
-    table = read_scores(csv)
+    table = read_scores(csv, label_column)
     try:
         res = friedman(table.scores, table.methods, alpha=alpha, higher_is_better=not lower_is_better)
     except ValueError as exc:
@@ -120,11 +151,12 @@ def pair_command(
     a: Annotated[str, typer.Argument(help="Column of method A.")],
     b: Annotated[str, typer.Argument(help="Column of method B.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    label_column: LabelColumnOption = None,
 ) -> None:
     """Paired comparison of two columns: Wilcoxon, sign-flip permutation, bootstrap CI, rank-biserial."""
     from perserbench.stats import compare_pair
 
-    table = read_scores(csv)
+    table = read_scores(csv, label_column)
     x, y = table.column(a), table.column(b)
     if a == b:
         raise PerserbenchError(f"compare two different columns, not {a!r} with itself")

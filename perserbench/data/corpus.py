@@ -87,9 +87,13 @@ class Corpus:
         """Map the corpus vocabulary onto a task's label set.
 
         ``label_map`` maps corpus class names to task class names (several may map to one,
-        e.g. IEMOCAP's "Excited" → "happy"); a corpus class that is neither mapped nor in
-        ``labels`` is dropped. Annotation rows left with no label are dropped, because an
-        annotation that chose only out-of-task classes carries no information for the task.
+        e.g. IEMOCAP's "Excited" → "happy"). Without a ``label_map`` every class listeners
+        chose must be a task label: a class outside the label set is an error (a typo in a
+        manifest must not vanish). A ``label_map`` is a deliberate selection: corpus classes
+        it does not map (and that are not task labels) are dropped, and annotation rows left
+        with no label are dropped, because an annotation that chose only out-of-task classes
+        carries no information for the task. A task label that no annotation carries is an
+        error: every method would score 0 on it and the macro-F1 would be distorted.
         """
         label_map = dict(label_map or {})
         for src, dst in label_map.items():
@@ -107,7 +111,23 @@ class Corpus:
                 f"no class of corpus {self.name!r} ({list(self.vocabulary)}) maps to the task "
                 f"labels {list(labels)}; add a label_map to the task"
             )
+        counts = self.annotations.labels.sum(axis=0)
+        outside = [(name, int(n)) for name, n, row in zip(self.vocabulary, counts, projection) if n and not row.any()]
+        if outside and not label_map:
+            name, n = outside[0]
+            raise PerserbenchError(
+                f"corpus {self.name!r}: label {name!r} ({n} annotations) is not a task label "
+                f"{list(labels)}; add it to 'corpus.labels', or give a 'corpus.label_map' (which keeps "
+                "only the classes it maps)"
+            )
         new = (self.annotations.labels.astype(np.int32) @ projection.astype(np.int32)) > 0
         keep = new.any(axis=1)
+        absent = [name for name, n in zip(labels, new[keep].sum(axis=0)) if n == 0]
+        if absent:
+            raise PerserbenchError(
+                f"task label {absent[0]!r} never occurs in corpus {self.name!r} (no listener chose it, so "
+                "every method would score 0 on it); remove it from 'corpus.labels' or map a corpus class "
+                "to it in 'corpus.label_map'"
+            )
         ann = Annotations(self.annotations.utterance[keep], self.annotations.listener[keep], new[keep])
         return Corpus(self.name, tuple(labels), self.utterances, ann, self.features, self.truth, dict(self.metadata))

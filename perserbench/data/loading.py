@@ -15,6 +15,7 @@ things, and they live here so that the four behave identically:
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 import warnings
@@ -27,6 +28,7 @@ import numpy as np
 
 from perserbench.data.corpus import Annotations, Corpus, Utterance
 from perserbench.errors import PerserbenchError
+from perserbench.inputs import read_text
 
 MISSING_AUDIO_POLICIES = ("fail", "skip")
 _SHOW_PATHS = 3  # how many missing paths an error or warning names
@@ -74,11 +76,20 @@ def require_file(path: Path, corpus: str, hint: str = "") -> Path:
     return path
 
 
+class OptionError(PerserbenchError):
+    """A bad loader option; ``option`` names it, so a task can say whether the value came
+    from its ``[corpus] options`` table or from ``--corpus-option``."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
+
+
 def check_policy(missing_audio: str) -> str:
     if missing_audio not in MISSING_AUDIO_POLICIES:
-        raise PerserbenchError(
-            f"missing_audio must be one of {', '.join(MISSING_AUDIO_POLICIES)}, got {missing_audio!r}"
-        )
+        raise OptionError("missing_audio",
+                          f"missing_audio must be one of {', '.join(MISSING_AUDIO_POLICIES)}, "
+                          f"got {missing_audio!r}")
     return missing_audio
 
 
@@ -91,15 +102,18 @@ def parse_bool(value: Any, name: str) -> bool:
         return True
     if text in ("0", "false", "no", "off"):
         return False
-    raise PerserbenchError(f"option {name!r} must be true or false, got {value!r}")
+    raise OptionError(name, f"option {name!r} must be true or false, got {value!r}")
 
 
-def parse_int(value: Any, name: str) -> int:
-    """An integer loader option, from TOML or from a CLI string."""
+def parse_int(value: Any, name: str, minimum: int | None = None) -> int:
+    """An integer loader option, from TOML or from a CLI string, at least ``minimum``."""
     text = str(value).strip()
     if isinstance(value, bool) or not text.lstrip("-").isdigit():
-        raise PerserbenchError(f"option {name!r} must be an integer, got {value!r}")
-    return int(text)
+        raise OptionError(name, f"option {name!r} must be an integer, got {value!r}")
+    number = int(text)
+    if minimum is not None and number < minimum:
+        raise OptionError(name, f"option {name!r} must be an integer >= {minimum}, got {number}")
+    return number
 
 
 class LabelVocabulary:
@@ -221,10 +235,7 @@ def read_csv_rows(path: Path, required: Sequence[str], delimiter: str = ",") -> 
     A missing required column is reported against line 1 (the header); a row with too few
     or too many fields is reported against its own line. Values are stripped strings.
     """
-    try:
-        handle = path.open(newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise PerserbenchError(f"{path}: cannot open ({exc.strerror})") from None
+    handle = io.StringIO(read_text(path, "file", encoding="utf-8-sig"), newline="")
     with handle:
         reader = csv.reader(handle, delimiter=delimiter)
         try:

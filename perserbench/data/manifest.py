@@ -17,12 +17,14 @@ with one row per (utterance, listener) answer:
 
 Utterance fields (audio, features, speaker, session) repeat on every row of the utterance and
 must agree. The vocabulary is the sorted set of label names unless ``vocabulary=a;b;c``
-fixes it (then other names are errors). A missing column or an empty required value is an
-error naming the file and line.
+fixes it (then other names are errors). A missing column, an empty required value, a feature
+value that is not a finite number, and two rows of one (utterance, listener) with different
+labels are errors naming the file and line.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -41,6 +43,7 @@ from perserbench.data.loading import (
     root_env_var,
 )
 from perserbench.errors import PerserbenchError
+from perserbench.inputs import read_text
 
 REQUIRED = ("utterance_id", "listener_id", "labels")
 _FEATURE = re.compile(r"^f(\d+)$")
@@ -53,7 +56,7 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
         return
     if suffix not in (".jsonl", ".ndjson"):
         raise PerserbenchError(f"{path}: a manifest must be .csv, .tsv or .jsonl")
-    with path.open(encoding="utf-8-sig") as handle:
+    with io.StringIO(read_text(path, "manifest", encoding="utf-8-sig")) as handle:
         for lineno, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
@@ -125,6 +128,7 @@ def load_manifest(path: str | Path | None = None, root: str | Path | None = None
         raise line_error(file, first_line, "missing column 'audio_path' (or feature columns f0..fN)")
     builder = CorpusBuilder(name, tuple(fixed if fixed is not None else sorted(seen_labels)))
     feature_rows: dict[str, np.ndarray] = {}
+    answers: dict[tuple[str, str], tuple[int, set[str]]] = {}  # a repeated identical row is harmless
     for (lineno, row), (_, utt, listener, labels) in zip(rows, parsed):
         audio = None
         if has_audio:
@@ -140,12 +144,21 @@ def load_manifest(path: str | Path | None = None, root: str | Path | None = None
                 vector = np.array([float(row[c]) for c in feature_cols], dtype=np.float32)  # type: ignore[arg-type]
             except (TypeError, ValueError):
                 raise line_error(file, lineno, "feature columns f0..fN must be numbers") from None
+            if not np.isfinite(vector).all():
+                column = feature_cols[int(np.flatnonzero(~np.isfinite(vector))[0])]
+                raise line_error(file, lineno, f"feature column {column} of utterance {utt!r} is "
+                                 f"{row[column]!r}, not a finite number; fix or drop the row")
             if utt in feature_rows and not np.array_equal(feature_rows[utt], vector):
                 raise line_error(file, lineno, f"utterance {utt!r} has a different feature row than before")
             feature_rows[utt] = vector
         speaker = str(row.get("speaker") or "unknown").strip()
         session = str(row.get("session") or "unknown").strip()
         builder.add_utterance(Utterance(utt, speaker, session, audio), (file, lineno))
+        earlier = answers.setdefault((utt, listener), (lineno, set(labels)))
+        if earlier[1] != set(labels):
+            raise line_error(file, lineno, f"listener {listener!r} labels utterance {utt!r} "
+                             f"{';'.join(sorted(labels))!r} here but {';'.join(sorted(earlier[1]))!r} on line "
+                             f"{earlier[0]}; keep one row per (utterance, listener)")
         builder.annotate(utt, listener, labels)
     features = None
     if feature_cols:

@@ -54,6 +54,7 @@ from perserbench.data.loading import (
     resolve_root,
 )
 from perserbench.errors import PerserbenchError
+from perserbench.inputs import read_text
 
 PRIMARY_CLASSES = ("Angry", "Sad", "Happy", "Surprise", "Fear", "Disgust", "Contempt", "Neutral", "Other")
 SECONDARY_ONLY = ("Amused", "Frustrated", "Depressed", "Concerned", "Disappointed", "Excited", "Confused", "Annoyed")
@@ -95,7 +96,7 @@ def _partitions(base: Path, consensus: dict[str, dict[str, str]]) -> dict[str, s
     path = base / "Partitions.txt"
     if path.is_file():
         out: dict[str, str] = {}
-        for lineno, raw in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        for lineno, raw in enumerate(read_text(path, "file", encoding="utf-8-sig").splitlines(), start=1):
             if not raw.strip():
                 continue
             part, sep, name = raw.partition(";")
@@ -124,7 +125,7 @@ def _speakers(base: Path, consensus: dict[str, dict[str, str]]) -> dict[str, str
     out = {k: v["SpkrID"] for k, v in consensus.items() if v.get("SpkrID")}
     path = base / "Speaker_ids.txt"
     if not out and path.is_file():
-        for raw in path.read_text(encoding="utf-8-sig").splitlines():
+        for raw in read_text(path, "file", encoding="utf-8-sig").splitlines():
             name, sep, spk = raw.partition(";")
             if sep and name.strip().lower().endswith(".wav") and spk.strip():
                 out[_stem(name.strip())] = spk.strip()
@@ -145,7 +146,7 @@ def _detailed_rows(base: Path, labels_file: str | None,
         )
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8-sig"))
+            data = json.loads(read_text(path, "file", encoding="utf-8-sig"))
         except json.JSONDecodeError as exc:
             raise line_error(path, exc.lineno, f"not valid JSON ({exc.msg})") from None
         if not isinstance(data, dict):

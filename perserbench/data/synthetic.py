@@ -221,4 +221,4 @@ def generate(seed: int = 0, uniform: bool = False) -> Corpus:
 def load_synthetic(seed: int | str = 0, uniform: bool | str = False) -> Corpus:
     """Loader entry point (task ``[corpus] options`` or ``--corpus-option``: ``seed``,
     ``uniform``; strings from the command line are accepted)."""
-    return generate(parse_int(seed, "seed"), parse_bool(uniform, "uniform"))
+    return generate(parse_int(seed, "seed", minimum=0), parse_bool(uniform, "uniform"))

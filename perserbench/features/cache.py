@@ -8,8 +8,15 @@ Layout, under :func:`cache_root` (``$PERSERBENCH_CACHE``, else ``~/.cache/perser
     <corpus>-<root digest>/<key>.partial/           an extraction in progress
 
 ``manifest.json`` records the corpus name and root, the upstream (name, revision, layers,
-dim), the utterance ids in row order, and per audio file its size and modification time,
-which is how an unchanged corpus is recognised without reading any audio.
+dim), the utterance ids in row order, per audio file its size and modification time (which is
+how an unchanged corpus is recognised without reading any audio), and per layer file its size
+and SHA-256, which is how a damaged entry is recognised: sizes are checked whenever an entry
+is opened (a run, ``features list``), checksums by ``features verify`` and by every
+``features extract``, which rebuilds a damaged entry.
+
+An extraction holds ``<corpus>-<root digest>/.<key>.lock`` (an advisory ``flock``, released
+by the kernel when the process dies, so a killed run leaves no stale lock): a second
+extraction into the same entry is refused with the pid, host and command of the one running.
 
 Why this shape: per-layer ``.npy`` files open as memory maps (``np.load(mmap_mode="r")``), so
 a 13-layer × 768-d cache of a 100k-utterance corpus costs nothing until rows are read;
@@ -22,12 +29,15 @@ the old complete entry or the new complete entry, never a partial one.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +51,7 @@ from perserbench.results import write_atomic
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
 DONE = "done.npy"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-layer-file size and SHA-256 (damage detection)
 DEFAULT_BATCH_SECONDS = 32.0
 
 Progress = Callable[[float, int], None]  # (audio seconds done in this call, rows done in this call)
@@ -129,6 +139,7 @@ class ExtractReport:
     audio_seconds: float
     wall_s: float
     up_to_date: bool
+    repaired: str | None = None  # the damage found in the old entry, which was rebuilt
 
 
 def _up_to_date(manifest: dict[str, Any] | None, rows: list[tuple[str, str]], upstream: str,
@@ -161,18 +172,37 @@ def extract_features(corpus: Corpus, upstream: str, key: str | None = None, *,
     ``on_plan(total_seconds, total_rows)`` is called once the work to do is known (for a
     progress bar), ``progress(seconds, rows)`` after every batch.
     """
-    from perserbench.features import upstreams as ups
-    from perserbench.features.audio import TARGET_SR, audio_info
-
     start = time.perf_counter()
     if batch_seconds <= 0:
         raise PerserbenchError(f"--batch-seconds must be positive, got {batch_seconds}")
     key = _check_key(key or default_key(upstream))
     rows = _audio_rows(corpus)
     entry = entry_dir(corpus, key, cache_dir)
+    try:
+        with _extraction_lock(entry):
+            return _extract(corpus, upstream, key, rows, entry, start, device=device, fp16=fp16,
+                            batch_seconds=batch_seconds, revision=revision, force=force, progress=progress,
+                            on_plan=on_plan)
+    finally:
+        with contextlib.suppress(OSError):
+            entry.parent.rmdir()  # only if empty: a refused extraction leaves no folder behind
+
+
+def _extract(corpus: Corpus, upstream: str, key: str, rows: list[tuple[str, str]], entry: Path, start: float, *,
+             device: str | None, fp16: bool, batch_seconds: float, revision: str | None, force: bool,
+             progress: Progress | None, on_plan: Callable[[float, int], None] | None) -> ExtractReport:
+    """:func:`extract_features` under the entry's lock."""
+    from perserbench.features import upstreams as ups
+    from perserbench.features.audio import TARGET_SR, audio_info
+
     name = ups.canonical_name(upstream)
     cheap = ups.cheap_revision(upstream) if revision is None else revision
     old = None if force else _read_json(entry / MANIFEST)
+    repaired = None
+    if old is not None:
+        repaired = entry_damage(entry, old, checksums=True)
+        if repaired is not None:
+            old = None  # nothing of a damaged entry is trusted: rebuild it whole
     forwards0 = ups.forward_count()
 
     if _up_to_date(old, rows, name, cheap):
@@ -253,6 +283,11 @@ def extract_features(corpus: Corpus, upstream: str, key: str | None = None, *,
         for batch in _batches(todo, seconds, batch_seconds):
             waves = [_load(plan_paths[plan_ids[r]], TARGET_SR) for r in batch]
             feats = model.embed(waves)
+            finite = np.isfinite(feats).all(axis=(1, 2))
+            if not finite.all():
+                bad = plan_paths[plan_ids[batch[int(np.flatnonzero(~finite)[0])]]]
+                raise PerserbenchError(f"upstream {name} gave NaN or inf features for audio file {bad}; "
+                                       "check that file (silence, clipping) or leave it out")
             for i in range(n_layers):
                 layers[i][batch] = feats[:, i, :]
                 layers[i].flush()
@@ -267,19 +302,98 @@ def extract_features(corpus: Corpus, upstream: str, key: str | None = None, *,
         # differ anyway, so leave nothing behind rather than a partial entry.
         del layers
         shutil.rmtree(partial, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            partial.parent.rmdir()  # only if empty: other keys of this corpus stay
         raise
     del layers
-    manifest = {**plan, "shapes": {"rows": n, "layers": n_layers, "dim": dim},
-                "layer_files": [_layer_file(partial, i).name for i in range(n_layers)],
+    files = [{"name": _layer_file(partial, i).name, "size": _layer_file(partial, i).stat().st_size,
+              "sha256": _sha256(_layer_file(partial, i))} for i in range(n_layers)]
+    manifest = {**plan, "shapes": {"rows": n, "layers": n_layers, "dim": dim}, "layer_files": files,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_atomic(partial / MANIFEST, json.dumps(manifest, indent=1))
     (partial / DONE).unlink()
     (partial / PLAN).unlink()
     _replace_dir(partial, entry)
     return ExtractReport(entry, key, name, str(desc["revision"]), len(rows), len(todo), reused, resumed_rows,
-                         ups.forward_count() - forwards0, audio_total, time.perf_counter() - start, False)
+                         ups.forward_count() - forwards0, audio_total, time.perf_counter() - start, False, repaired)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def entry_damage(entry: Path, manifest: dict[str, Any], checksums: bool = False) -> str | None:
+    """What is wrong with the files of a complete entry, or ``None``: a layer file missing,
+    of another size than recorded (truncated, emptied), or — with ``checksums``, which reads
+    every byte — with other content. An entry of an older cache format counts as damaged,
+    since it records no sizes to check."""
+    if not (entry / MANIFEST).is_file() or "format" not in manifest:
+        return f"{MANIFEST} is missing or unreadable"
+    if manifest.get("format") != FORMAT_VERSION:
+        return f"written in cache format {manifest.get('format')!r}, not {FORMAT_VERSION}"
+    records = manifest.get("layer_files")
+    if not isinstance(records, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("name"), str) and {"size", "sha256"} <= set(r) for r in records):
+        return f"{MANIFEST} does not list its layer files"
+    for record in records:
+        path = entry / record["name"]
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return f"{record['name']} is missing"
+        if size != record["size"]:
+            return f"{record['name']} has {size} bytes, not the {record['size']} recorded"
+        if checksums and _sha256(path) != record["sha256"]:
+            return f"{record['name']} does not match its recorded SHA-256 checksum"
+    return None
+
+
+def _lock_holder(lock: Path) -> str:
+    try:
+        info = json.loads(lock.read_text(encoding="utf-8"))
+        return f"pid {info['pid']} on {info['host']}, since {info['started']}: {info['command']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not written its name yet"
+
+
+@contextlib.contextmanager
+def _extraction_lock(entry: Path) -> Iterator[None]:
+    """Hold ``.<key>.lock`` beside the entry for one extraction; refuse when another holds it.
+
+    ``flock`` (not a lock *file* whose existence is the lock) so that a killed extraction
+    never leaves a stale lock; the file is removed on release, and a lock taken on a file that
+    was removed meanwhile is retaken on the new one."""
+    lock = entry.with_name(f".{entry.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise PerserbenchError(
+                f"cache entry {entry} is being extracted by another process ({_lock_holder(lock)}); wait for "
+                "it to finish or stop it, then run again"
+            ) from None
+        try:
+            current = os.stat(lock).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # the holder removed the file as we opened it: take the new one
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "command": " ".join(["perserbench", *sys.argv[1:]]) if sys.argv else "?"}
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps(holder).encode())
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
 
 
 def _relative(path: str, root: str) -> str:
@@ -332,7 +446,8 @@ def _batches(rows: np.ndarray, seconds: np.ndarray, budget: float) -> list[np.nd
     return batches
 
 
-def _command(corpus: Corpus, key: str) -> str:
+def extract_command(corpus: Corpus, key: str) -> str:
+    """The command that (re)builds the cache entry of ``corpus`` and ``key`` (for error messages)."""
     root = corpus.metadata.get("manifest") or corpus.metadata.get("root") or "DIR"
     return f"perserbench features extract --corpus {corpus.name} --root {root} --upstream UPSTREAM --key {key}"
 
@@ -350,8 +465,12 @@ def load_cached_features(corpus: Corpus, key: str, cache_dir: str | Path | None 
             if _partial_dir(entry).exists() else ""
         raise PerserbenchError(
             f"no cached features {key!r} for corpus {corpus.name!r} at {_corpus_root(corpus)} in "
-            f"{entry.parent.parent}{hint}; run: {_command(corpus, key)}"
+            f"{entry.parent.parent}{hint}; run: {extract_command(corpus, key)}"
         )
+    damage = entry_damage(entry, manifest)
+    if damage is not None:
+        raise PerserbenchError(f"cached features {key!r} of corpus {corpus.name!r} are damaged ({entry}: {damage}); "
+                               f"repair them: {extract_command(corpus, key)}")
     index = {u: i for i, u in enumerate(manifest["ids"])}
     audio = {a["id"]: a for a in manifest["audio"]}
     rows = np.empty(len(corpus.utterances), dtype=np.int64)
@@ -365,16 +484,16 @@ def load_cached_features(corpus: Corpus, key: str, cache_dir: str | Path | None 
         if utt.audio_path and _audio_stat(utt.audio_path) != (audio[utt.id]["size"], audio[utt.id]["mtime_ns"]):
             raise PerserbenchError(
                 f"audio file {utt.audio_path} changed since features {key!r} were extracted; "
-                f"run again: {_command(corpus, key)}"
+                f"run again: {extract_command(corpus, key)}"
             )
     if missing:
         raise PerserbenchError(
             f"{len(missing)} utterances of corpus {corpus.name!r} have no cached features {key!r} "
-            f"(first: {missing[0]}); run: {_command(corpus, key)}"
+            f"(first: {missing[0]}); run: {extract_command(corpus, key)}"
         )
     out = np.empty((len(rows), manifest["shapes"]["layers"], manifest["shapes"]["dim"]), dtype=np.float32)
-    for i, name in enumerate(manifest["layer_files"]):
-        out[:, i, :] = np.load(entry / name, mmap_mode="r")[rows]
+    for i, record in enumerate(manifest["layer_files"]):
+        out[:, i, :] = np.load(entry / record["name"], mmap_mode="r")[rows]
     return out
 
 
@@ -393,10 +512,18 @@ class EntryInfo:
     dim: int
     complete: bool
     bytes: int
+    damage: str | None = None  # see entry_damage; only complete entries are checked
+
+    @property
+    def repair_command(self) -> str:
+        return (f"perserbench features extract --corpus {self.corpus} --root {self.root} "
+                f"--upstream {self.upstream} --key {self.key}")
 
 
-def list_entries(cache_dir: str | Path | None = None) -> list[EntryInfo]:
-    """Every complete entry and every interrupted (``.partial``) extraction in the cache."""
+def list_entries(cache_dir: str | Path | None = None, checksums: bool = False) -> list[EntryInfo]:
+    """Every complete entry and every interrupted (``.partial``) extraction in the cache, with
+    the damage of complete ones (file sizes; with ``checksums`` every byte, as
+    ``features verify``)."""
     base = cache_root(cache_dir)
     out = []
     for folder in sorted(base.glob("*/*")):
@@ -404,16 +531,19 @@ def list_entries(cache_dir: str | Path | None = None) -> list[EntryInfo]:
             continue
         complete = not folder.name.endswith(".partial")
         meta = _read_json(folder / (MANIFEST if complete else PLAN))
-        if meta is None:
+        if meta is None and complete:  # a folder without a readable manifest: report, don't hide it
+            meta = {"corpus": folder.parent.name.rsplit("-", 1)[0], "key": folder.name, "ids": []}
+        elif meta is None:
             continue
         up = meta.get("upstream", {})
         size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
         rows = len(meta.get("ids", []))
+        damage = entry_damage(folder, meta, checksums) if complete else None
         out.append(EntryInfo(folder, str(meta.get("corpus")), str(meta.get("root")), str(meta.get("key")),
                              str(up.get("name")), str(up.get("revision")), rows, int(up.get("layers", 0)),
-                             int(up.get("dim", 0)), complete, size))
+                             int(up.get("dim", 0)), complete, size, damage))
     return out
 
 
-__all__ = ["EntryInfo", "ExtractReport", "cache_root", "default_key", "entry_dir", "extract_features",
-           "list_entries", "load_cached_features"]
+__all__ = ["EntryInfo", "ExtractReport", "cache_root", "default_key", "entry_damage", "entry_dir", "extract_command",
+           "extract_features", "list_entries", "load_cached_features"]

@@ -31,12 +31,12 @@ class FinetuneConfig:
                           "early-stop on. Validation split of meta-train listeners (benchmarks/"
                           "validate_defaults.py, folds 0+1, mean macro-F1 over K=1,5,10,20; consensus 0.441), "
                           "grid lr {0.02,0.05,0.1,0.2} x steps {5,10,20}: 0.450-0.455, flat; lr 0.05 with "
-                          "steps 10 ties the best (0.455)")
+                          "steps 10 ties the best (0.455)", ge=0)
     lr: float = _doc(0.05, "plain SGD step, chosen with `steps` on the same grid: lr 0.2 drops K=1 to 0.427 "
-                           "(below consensus: one item over-steers the model), 0.02 gains least")
+                           "(below consensus: one item over-steers the model), 0.02 gains least", gt=0)
     dual: bool = _doc(True, "exact low-rank form of the first layer's updates (fast); False = materialised "
                             "weights through functional_call (same result, slower)")
-    chunk: int = _doc(256, "listeners adapted per vmap call; bounds memory for large cells")
+    chunk: int = _doc(256, "listeners adapted per vmap call; bounds memory for large cells", ge=1)
 
 
 @register_method("finetune")

@@ -20,22 +20,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from perserbench.head import _doc
-from perserbench.methods.maml import MamlConfig, MamlFamily
+from perserbench.methods.maml import INITS, MamlConfig, MamlFamily
 from perserbench.registry import register_method
 
 
 @dataclass
 class MetaPerserConfig(MamlConfig):
     init: str = _doc("consensus", "consensus pretraining: meta-learning starts from the one-model-for-everyone "
-                                  "solution and only has to learn how to move away from it")
+                                  "solution and only has to learn how to move away from it", choices=INITS)
     pretrain_epochs: int = _doc(2, "a short consensus pretraining. Validation split (folds 0+1, mean macro-F1 "
                                    "over K; consensus 0.441), meta_epochs 5: pretrain 2/5/10/30 -> "
                                    "0.500/0.489/0.474/0.455; at meta_epochs 3: 1 -> 0.519, 2 -> 0.516 (a tie; "
                                    "2 keeps a real pretraining). The fully trained consensus model is a poor "
-                                   "init: it fits the majority labels and 5 inner steps do not move it away")
+                                   "init: it fits the majority labels and 5 inner steps do not move it away", ge=0)
     meta_epochs: int = _doc(3, "3 x 40 = 120 outer steps; validation (pretrain 2, first_order_epochs 1): "
                                "meta_epochs 1/2/3/4 -> 0.515/0.515/0.515/0.505, and 5/10 -> 0.500/0.483: "
-                               "more meta-training over-fits the meta-train listeners")
+                               "more meta-training over-fits the meta-train listeners", ge=0)
     combined: bool = _doc(True, "combined-set meta-training: the inner loop adapts on `support` items of the "
                                 "sampled listener and the outer loss covers all support+query items, the "
                                 "support included (inner = outer on the same items rewards memorisation: "
@@ -43,7 +43,7 @@ class MetaPerserConfig(MamlConfig):
     per_step_lrs: bool = _doc(True, "per-layer, per-step learnable inner lrs (MAML++), initialised at inner_lr")
     first_order_epochs: int = _doc(2, "derivative annealing: first-order meta-gradients for the first 2 of 3 "
                                       "meta-epochs (cheap, stable start), second order for the last; 1 or 2 tie "
-                                      "on validation (0.515/0.516), 2 is cheaper")
+                                      "on validation (0.515/0.516), 2 is cheaper", ge=0)
     multi_step_loss: bool = _doc(False, "optional MAML++ multi-step loss; off by default (validation: 0.515 "
                                         "with it vs 0.516 without)")
 

@@ -37,17 +37,17 @@ EMBED_PARAMS = ("layer_logits", "hidden.weight", "hidden.bias")
 @dataclass
 class ProtonetConfig:
     init: str = _doc("consensus", "start the embedding from the consensus model's trunk: it already separates "
-                                  "emotions; 'random' = a fresh trunk")
+                                  "emotions; 'random' = a fresh trunk", choices=("consensus", "random"))
     meta_epochs: int = _doc(10, "10 x 40 = 400 episodic steps. Validation split of meta-train listeners "
                                 "(folds 0+1, mean macro-F1 over K=1,5,10,20; consensus 0.441): meta_epochs "
                                 "3 -> 0.480, 10 -> 0.482, a tie; kept at 10 (prototypes do not over-fit like "
-                                "MAML's inner loop, and one fold still trains in seconds)")
-    steps_per_epoch: int = _doc(40, "outer steps per epoch")
-    meta_batch: int = _doc(8, "listener episodes per step, as maml")
+                                "MAML's inner loop, and one fold still trains in seconds)", ge=0)
+    steps_per_epoch: int = _doc(40, "outer steps per epoch", ge=1)
+    meta_batch: int = _doc(8, "listener episodes per step, as maml", ge=1)
     support: int = _doc(10, "support items per training episode: prototypes need both positives and "
-                            "negatives of a class, which 5 items rarely give")
-    query: int = _doc(10, "query items per training episode")
-    lr: float = _doc(1e-3, "Adam on the embedding and the distance scale")
+                            "negatives of a class, which 5 items rarely give", ge=1)
+    query: int = _doc(10, "query items per training episode", ge=1)
+    lr: float = _doc(1e-3, "Adam on the embedding and the distance scale", gt=0)
 
 
 def embed(meta: Params, buffers: Params, x: torch.Tensor) -> torch.Tensor:

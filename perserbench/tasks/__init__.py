@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from perserbench.data import Corpus, load_corpus
+from perserbench.data.loading import OptionError
 from perserbench.errors import PerserbenchError
+from perserbench.inputs import read_text
 
 SCENARIOS = ("seen", "unseen")
 SPLIT_FIELDS = ("session", "speaker")
@@ -169,6 +171,9 @@ def _check_values(spec: TaskSpec) -> None:
         raise PerserbenchError(f"{src}: 'corpus.labels' must be a non-empty list of distinct names")
     if spec.listeners.folds < 1:
         raise PerserbenchError(f"{src}: 'listeners.folds' must be >= 1, got {spec.listeners.folds}")
+    for key, seed in (("listeners.seed", spec.listeners.seed), ("episodes.seed", ep.seed)):
+        if seed < 0:  # numpy's generators take non-negative seeds only
+            raise PerserbenchError(f"{src}: '{key}' must be a non-negative integer, got {seed}")
     if spec.utterances.split not in SPLIT_FIELDS:
         raise PerserbenchError(
             f"{src}: 'utterances.split' must be one of {', '.join(SPLIT_FIELDS)}, got {spec.utterances.split!r}"
@@ -194,6 +199,9 @@ def task_names() -> list[str]:
 def load_task_spec(name_or_path: str | Path) -> TaskSpec:
     """A bundled task by name (``tasks/<name>.toml``) or any TOML file by path."""
     path = Path(name_or_path)
+    if path.is_dir():
+        raise PerserbenchError(f"{path}: is a directory; pass a task name ({', '.join(task_names())}) or "
+                               "the path of a .toml task file")
     if path.suffix != ".toml":
         path = tasks_dir() / f"{name_or_path}.toml"
         if not path.exists():
@@ -201,10 +209,9 @@ def load_task_spec(name_or_path: str | Path) -> TaskSpec:
                 f"unknown task {str(name_or_path)!r}; known tasks: {', '.join(task_names())} "
                 "(or pass the path of a .toml task file)"
             )
+    text = read_text(path, "task file")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PerserbenchError(f"{path}: task file not found") from None
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PerserbenchError(f"{path}: malformed TOML ({exc})") from None
     return parse_task(data, source=str(path))
@@ -251,7 +258,16 @@ class ResolvedTask:
 def resolve_task(spec: TaskSpec, corpus_options: dict[str, Any] | None = None) -> ResolvedTask:
     """Load the corpus, map its labels, and fix pools and listener folds."""
     options = {**spec.corpus.options, **(corpus_options or {})}
-    corpus = load_corpus(spec.corpus.name, **options).project(spec.corpus.labels, spec.corpus.label_map)
+    try:
+        loaded = load_corpus(spec.corpus.name, **options)
+    except OptionError as exc:
+        if exc.option in (corpus_options or {}):
+            raise
+        raise PerserbenchError(f"{spec.source}: [corpus] options: {exc}") from None
+    try:
+        corpus = loaded.project(spec.corpus.labels, spec.corpus.label_map)
+    except PerserbenchError as exc:
+        raise PerserbenchError(f"{spec.source}: {exc}") from None
     features = _features(corpus, spec.corpus.features)
     train_pool = _train_pool(spec, corpus)
     folds = _listener_folds(spec, corpus, train_pool)
@@ -263,16 +279,28 @@ def load_task(name_or_path: str | Path, corpus_options: dict[str, Any] | None = 
 
 
 def _features(corpus: Corpus, key: str) -> np.ndarray:
+    fix = "fix the features"
     if key in corpus.features:
         feats = corpus.features[key]
     else:
-        from perserbench.features.cache import load_cached_features
+        from perserbench.features.cache import extract_command, load_cached_features
 
         feats = load_cached_features(corpus, key)
+        fix = f"check the audio and extract again: {extract_command(corpus, key)} --force"
     feats = np.asarray(feats, dtype=np.float32)
     if feats.ndim != 3 or feats.shape[0] != len(corpus.utterances):
         raise PerserbenchError(
             f"features {key!r} have shape {feats.shape}; expected [{len(corpus.utterances)}, layers, dim]"
+        )
+    finite = np.isfinite(feats).all(axis=(1, 2))
+    if not finite.all():
+        # Caught here, not in the metrics after a whole training run.
+        bad = np.flatnonzero(~finite)
+        utt = corpus.utterances[int(bad[0])]
+        where = f" (audio {utt.audio_path})" if utt.audio_path else ""
+        raise PerserbenchError(
+            f"features {key!r} of utterance {utt.id!r}{where} contain NaN or inf ({len(bad)} utterance(s) "
+            f"affected); {fix}"
         )
     return feats
 
