@@ -112,10 +112,14 @@ def methods_command() -> None:
 @app.command("tasks")
 def tasks_command(
     root: Annotated[Path | None, typer.Option("--root", help="Resolve tasks of this corpus root too.")] = None,
+    tasks: Annotated[list[Path] | None, typer.Option(
+        "--tasks", help="A folder of your own task .toml files, listed besides the built-in tasks; repeatable. "
+        "$PERSERBENCH_TASKS adds folders too.")] = None,
 ) -> None:
-    """List tasks with listeners, folds, scenarios, shots and split hash."""
+    """List the built-in tasks and your own (--tasks / $PERSERBENCH_TASKS) with listeners,
+    folds, scenarios, shots and split hash."""
     from perserbench.episodes import split_hash
-    from perserbench.tasks import load_task_spec, resolve_task, task_names
+    from perserbench.tasks import load_task_spec, resolve_task, task_files, tasks_dir
 
     table = Table(title="tasks", box=None, pad_edge=False, padding=(0, 1), header_style="bold underline")
     table.add_column("task", no_wrap=True, min_width=17)
@@ -126,8 +130,9 @@ def tasks_command(
     table.add_column("K", no_wrap=True)
     table.add_column("split hash", no_wrap=True, min_width=16)
     unresolved: list[str] = []
-    for name in task_names():
-        spec = load_task_spec(name)
+    files = task_files(tasks or [])
+    for name, path in files.items():
+        spec = load_task_spec(path)
         listeners, hash_ = "-", "-"
         try:
             resolved = resolve_task(spec, {"root": str(root)} if root else None)
@@ -140,6 +145,9 @@ def tasks_command(
                       str(spec.listeners.folds), "+".join(spec.episodes.scenarios),
                       ",".join(map(str, spec.episodes.shots)), hash_)
     console.print(table)
+    for folder in sorted({path.parent for path in files.values()} - {tasks_dir()}):
+        names = ", ".join(name for name, path in files.items() if path.parent == folder)
+        console.print(f"[dim]from {folder}: {names}[/dim]", soft_wrap=True)
     for line in unresolved:
         console.print(f"[dim]not resolved — {line}[/dim]", soft_wrap=True)
 
