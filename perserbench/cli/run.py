@@ -60,7 +60,7 @@ def result_table(result: RunResult) -> Table:
 @app.command("run")
 def run_command(
     method: Annotated[str, typer.Option("--method", "-m", help="Registered method name (see `perserbench methods`).")] = "consensus",
-    task: Annotated[str, typer.Option("--task", "-t", help="Task name in tasks/ or path to a task .toml.")] = "synthetic",
+    task: Annotated[str, typer.Option("--task", "-t", help="Task name (built-in, or in a $PERSERBENCH_TASKS folder) or path to a task .toml.")] = "synthetic",
     shots: Annotated[list[int] | None, typer.Option("--shots", "-k", help="Shot count(s) K; repeat the option for several. Default: all of the task's.")] = None,
     scenario: Annotated[str, typer.Option("--scenario", help="seen, unseen or both.")] = "both",
     seeds: Annotated[list[int] | None, typer.Option("--seed", "--seeds", help="Method training seed(s); repeat for several.")] = None,
@@ -70,22 +70,11 @@ def run_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the result JSON.")] = Path("runs"),
 ) -> None:
     """Run one method on one task and write its RunResult JSON."""
-    from perserbench.registry import get_method
-    from perserbench.runner import run, total_steps, write_result
-    from perserbench.tasks import load_task
+    from perserbench.api import evaluate
+    from perserbench.runner import write_result
 
-    get_method(method)  # fail on an unknown method before loading any data
-    scenarios = ["seen", "unseen"] if scenario == "both" else [scenario]
-    if scenario not in ("seen", "unseen", "both"):
-        raise PerserbenchError(f"unknown scenario {scenario!r}; choose seen, unseen or both")
-    resolved = load_task(task, corpus_options(root, corpus_option))
-    shot_list = list(shots) if shots else list(resolved.spec.episodes.shots)
-    seed_list = list(seeds) if seeds else [0]
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
-        job = bar.add_task(f"{method} on {resolved.spec.name}", total=total_steps(resolved, shot_list, scenarios, seed_list))
-        result = run(method, resolved, shot_list, scenarios, seed_list, parse_options(config, "--config"),
-                     progress=lambda desc, n: bar.update(job, description=desc, advance=n))
+    result = evaluate(method, task, list(shots) if shots else None, scenario, list(seeds) if seeds else [0],
+                      parse_options(config, "--config"), corpus_options(root, corpus_option), progress=True)
     path = write_result(result, out)
     console.print(result_table(result))
     console.print(f"wrote {path}  ({result.wall_time_s:.1f} s)")
