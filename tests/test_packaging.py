@@ -89,3 +89,23 @@ def test_readme_python_example_runs_as_written(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert set(re.findall(r"\bE\d\d\b", proc.stdout)) == {f"E{i:02d}" for i in range(1, 17)}, proc.stdout
     assert "personal-knn" in proc.stdout and "consensus" in proc.stdout
+
+
+def test_git_revision_only_of_a_perserbench_checkout(tmp_path, monkeypatch):
+    """An installed wheel inside another repository (a venv in a user's project) must not
+    record that repository's commit as perserbench's revision."""
+    import perserbench
+    from perserbench import runner
+
+    repo = tmp_path / "project"
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    site = repo / ".venv" / "lib" / "site-packages" / "perserbench"
+    site.mkdir(parents=True)
+    monkeypatch.setattr(perserbench, "__file__", str(site / "__init__.py"))
+    assert runner._git_revision() is None
+    (repo / "perserbench").mkdir()
+    monkeypatch.setattr(perserbench, "__file__", str(repo / "perserbench" / "__init__.py"))
+    assert runner._git_revision() == head
