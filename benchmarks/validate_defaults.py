@@ -27,7 +27,7 @@ from perserbench.runner import run
 from perserbench.tasks import load_task
 
 
-def cell_means(result) -> dict[tuple[str, int], float]:  # noqa: ANN001 - a RunResult
+def cell_means(result) -> dict[tuple[str, int], float]:
     return {(r.scenario, r.shots): r.mean for r in result.summary if r.metric == "macro_f1"}
 
 

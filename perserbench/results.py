@@ -14,10 +14,13 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from perserbench.errors import PerserbenchError
 from perserbench.inputs import read_text
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCHEMA_VERSION = 2  # 2: `audit` and method.reference (sealed evaluation, issue 9)
 METRICS = ("macro_f1", "micro_f1", "top1")
@@ -101,6 +104,24 @@ class RunResult:
     @property
     def audit_passed(self) -> bool:
         return bool(self.audit.get("ran")) and bool(self.audit.get("passed"))
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per scored episode (the primary data): ``method``, ``task``, then the
+        :class:`EpisodeRecord` fields. The method and task columns make frames of several
+        results concatenate into one long table (``pd.concat``) without losing who is who."""
+        return self._frame(self.episodes, EpisodeRecord)
+
+    def listener_frame(self) -> pd.DataFrame:
+        """One row per (listener, scenario, shots): the mean over that listener's episodes,
+        the unit every test and interval in perserbench is computed over."""
+        return self._frame(self.listeners, ListenerRecord)
+
+    def _frame(self, records: list[Any], cls: type) -> pd.DataFrame:
+        import pandas as pd  # here, not at module import: the CLI loads results without it
+
+        columns = ["method", "task", *(f.name for f in dataclasses.fields(cls))]
+        rows = [{"method": self.method_name, "task": self.task_name, **asdict(r)} for r in records]
+        return pd.DataFrame(rows, columns=columns)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"

@@ -70,14 +70,20 @@ ProgressCallback = Callable[[str, int], None]  # (description, steps done now)
 
 
 def _git_revision() -> str | None:
+    """The commit of the perserbench checkout this code runs from, or None. An installed
+    wheel lives in site-packages, which may sit inside some *other* repository (a venv in a
+    user's project): its commit says nothing about this code, so it must be that checkout's
+    top level that holds the package."""
+    root = Path(perserbench.__file__).resolve().parent.parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], check=False, capture_output=True, text=True, timeout=5,
-                             cwd=Path(perserbench.__file__).resolve().parent.parent)
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], check=False, capture_output=True,
+                             text=True, timeout=5, cwd=root)
     except (OSError, subprocess.SubprocessError):
         return None
-    if out.returncode != 0:
+    lines = out.stdout.split()
+    if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != root:
         return None
-    return out.stdout.strip() or None
+    return lines[1]
 
 
 def _environment() -> dict[str, str]:

@@ -288,7 +288,7 @@ def test_other_listener_control_adapts_on_a_partner_and_scores_the_own_query(toy
     assert other.method["control"] == "other-listener" and other.audit["passed"]
     assert [r.listener for r in other.episodes] == [r.listener for r in own.episodes]
     # toy listeners of opposite parity label oppositely: the partner's label rates hurt
-    mean = lambda r: np.mean([e.macro_f1 for e in r.episodes])  # noqa: E731
+    mean = lambda r: np.mean([e.macro_f1 for e in r.episodes])
     assert mean(own) > mean(other)
     from perserbench.runner import result_filename
 

@@ -50,15 +50,15 @@ def compare_command(
     alpha: Annotated[float, typer.Option("--alpha", help="Significance level for marks and the critical difference.")] = 0.05,
 ) -> None:
     """Compare methods: paired tests over listeners, Holm, Friedman/Nemenyi, plots; writes a report."""
+    from perserbench.api import compare
     from perserbench.errors import PerserbenchError
     from perserbench.outputs import check_output_dir
-    from perserbench.report import analyse, load_comparison, write_report
 
     if not 0.0 < alpha < 1.0:
         raise PerserbenchError(f"--alpha {alpha} must lie strictly between 0 and 1")
     check_output_dir(out)
-    an = analyse(load_comparison(paths, metric), alpha)
-    written = write_report(an, out)
+    comparison = compare(paths, out, metric, alpha)
+    an, written = comparison.analysis, comparison.written
     console.print(summary_table(an))
     if an.overall is not None:
         res = an.overall

@@ -76,7 +76,7 @@ def result_table(result: RunResult) -> Table:
 @app.command("run")
 def run_command(
     method: Annotated[str, typer.Option("--method", "-m", help="Registered method name (see `perserbench methods`).")] = "consensus",
-    task: Annotated[str, typer.Option("--task", "-t", help="Task name in tasks/ or path to a task .toml.")] = "synthetic",
+    task: Annotated[str, typer.Option("--task", "-t", help="Task name (built-in, or in a $PERSERBENCH_TASKS folder) or path to a task .toml.")] = "synthetic",
     shots: Annotated[list[int] | None, typer.Option("--shots", "-k", help="Shot count(s) K; repeat the option for several. Default: all of the task's.")] = None,
     scenario: Annotated[str, typer.Option("--scenario", help="seen, unseen or both.")] = "both",
     seeds: Annotated[list[int] | None, typer.Option("--seed", "--seeds", help="Method training seed(s); repeat for several.")] = None,
@@ -89,25 +89,20 @@ def run_command(
                                          "test listener's support, score on this listener's query.")] = "own",
 ) -> None:
     """Run one method on one task and write its RunResult JSON."""
+    from perserbench.api import evaluate
     from perserbench.outputs import check_output_dir
     from perserbench.registry import get_method, make_config
-    from perserbench.runner import run, total_steps, write_result
-    from perserbench.tasks import load_task
+    from perserbench.runner import write_result
 
     get_method(method)  # fail on an unknown method before loading any data
-    scenarios = ["seen", "unseen"] if scenario == "both" else [scenario]
     if scenario not in ("seen", "unseen", "both"):
         raise PerserbenchError(f"unknown scenario {scenario!r}; choose seen, unseen or both")
     seed_list = check_seeds(seeds)
-    make_config(method, parse_options(config, "--config"))  # bad --config values fail before any work
-    check_output_dir(out)
-    resolved = load_task(task, corpus_options(root, corpus_option, option))
-    shot_list = list(shots) if shots else list(resolved.spec.episodes.shots)
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
-        job = bar.add_task(f"{method} on {resolved.spec.name}", total=total_steps(resolved, shot_list, scenarios, seed_list))
-        result = run(method, resolved, shot_list, scenarios, seed_list, parse_options(config, "--config"),
-                     progress=lambda desc, n: bar.update(job, description=desc, advance=n), control=control)
+    overrides = parse_options(config, "--config")
+    make_config(method, overrides)  # bad --config values fail before any work
+    check_output_dir(out)  # an unwritable --out fails before any work, not after it
+    result = evaluate(method, task, list(shots) if shots else None, scenario, seed_list, overrides,
+                      corpus_options(root, corpus_option, option), progress=True, control=control)
     path = write_result(result, out)
     console.print(result_table(result))
     console.print(f"wrote {path}  ({result.wall_time_s:.1f} s)")
@@ -135,11 +130,15 @@ def methods_command() -> None:
 @app.command("tasks")
 def tasks_command(
     root: Annotated[Path | None, typer.Option("--root", help="Resolve tasks of this corpus root too.")] = None,
+    tasks: Annotated[list[Path] | None, typer.Option(
+        "--tasks", help="A folder of your own task .toml files, listed besides the built-in tasks; repeatable. "
+        "$PERSERBENCH_TASKS adds folders too.")] = None,
 ) -> None:
-    """List tasks with listeners, folds, scenarios, shots and split hash."""
+    """List the built-in tasks and your own (--tasks / $PERSERBENCH_TASKS) with listeners,
+    folds, scenarios, shots and split hash."""
     from perserbench.data import loader_options
     from perserbench.episodes import split_hash
-    from perserbench.tasks import load_task_spec, resolve_task, task_names
+    from perserbench.tasks import load_task_spec, resolve_task, task_files, tasks_dir
 
     table = Table(title="tasks", box=None, pad_edge=False, padding=(0, 1), header_style="bold underline")
     table.add_column("task", no_wrap=True, min_width=17)
@@ -150,8 +149,9 @@ def tasks_command(
     table.add_column("K", no_wrap=True)
     table.add_column("split hash", no_wrap=True, min_width=16)
     unresolved: list[str] = []
-    for name in task_names():
-        spec = load_task_spec(name)
+    files = task_files(tasks or [])
+    for name, path in files.items():
+        spec = load_task_spec(path)
         listeners, hash_ = "-", "-"
         try:
             takes_root = "root" in (loader_options(spec.corpus.name) or ("root",))
@@ -165,6 +165,9 @@ def tasks_command(
                       str(spec.listeners.folds), "+".join(spec.episodes.scenarios),
                       ",".join(map(str, spec.episodes.shots)), hash_)
     console.print(table)
+    for folder in sorted({path.parent for path in files.values()} - {tasks_dir()}):
+        names = ", ".join(name for name, path in files.items() if path.parent == folder)
+        console.print(f"[dim]from {folder}: {names}[/dim]", soft_wrap=True)
     for line in unresolved:
         console.print(f"[dim]not resolved — {line}[/dim]", soft_wrap=True)
 

@@ -1,5 +1,9 @@
-"""Tasks as data (DESIGN §2, "Task spec"): TOML files in ``tasks/`` → validated specs →
-resolved splits with a content hash.
+"""Tasks as data (DESIGN §2, "Task spec"): TOML files → validated specs → resolved splits
+with a content hash.
+
+The built-in specs are package data beside this module (they travel in the wheel); users add
+folders of their own (``--tasks DIR`` or ``$PERSERBENCH_TASKS``), searched besides the
+built-ins. A task name is its file's stem and must be unique across all those folders.
 
 A spec fixes everything that makes two papers' numbers comparable: corpus and label set,
 feature key, listener folds, the utterance (held-out) split, scenarios, shot counts, query
@@ -13,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +35,25 @@ SPLIT_FIELDS = ("session", "speaker")
 PURPOSES = ("benchmark", "development")
 
 
+TASKS_ENV = "PERSERBENCH_TASKS"
+
+
 def tasks_dir() -> Path:
-    """The folder of bundled task specs (``$PERSERBENCH_TASKS`` overrides it)."""
-    override = os.environ.get("PERSERBENCH_TASKS")
-    return Path(override) if override else Path(__file__).resolve().parent
+    """The folder of built-in task specs: package data next to this module, so an installed
+    wheel finds them wherever it is run (not only inside a clone)."""
+    return Path(__file__).resolve().parent
+
+
+def user_task_dirs(extra: Sequence[str | Path] = ()) -> tuple[Path, ...]:
+    """User task folders: ``extra`` (``--tasks DIR``) then ``$PERSERBENCH_TASKS`` (several
+    folders separated by ``os.pathsep``, like ``PATH``). They are searched *besides* the
+    built-in folder, never instead of it, so a user task never hides the board's tasks."""
+    env = [p for p in os.environ.get(TASKS_ENV, "").split(os.pathsep) if p]
+    dirs = [(Path(p), "--tasks") for p in extra] + [(Path(p), f"${TASKS_ENV}") for p in env]
+    for path, origin in dirs:
+        if not path.is_dir():
+            raise PerserbenchError(f"task folder {path} (from {origin}) is not a directory")
+    return tuple(dict.fromkeys(path.resolve() for path, _ in dirs if path.resolve() != tasks_dir()))
 
 
 @dataclass(frozen=True)
@@ -192,23 +212,49 @@ def _check_values(spec: TaskSpec) -> None:
         raise PerserbenchError(f"{src}: 'consensus.threshold' must be in (0, 1], got {spec.consensus.threshold}")
 
 
-def task_names() -> list[str]:
-    return sorted(p.stem for p in tasks_dir().glob("*.toml"))
+def _task_files(name: str, dirs: Sequence[Path]) -> list[Path]:
+    return [d / f"{name}.toml" for d in dirs if (d / f"{name}.toml").is_file()]
 
 
-def load_task_spec(name_or_path: str | Path) -> TaskSpec:
-    """A bundled task by name (``tasks/<name>.toml``) or any TOML file by path."""
+def _unique(name: str, files: Sequence[Path]) -> Path:
+    """The one file of task ``name``; two files of one name are an error naming both, because
+    which one a result was run on would otherwise depend on the environment."""
+    if len(files) > 1:
+        raise PerserbenchError(
+            f"task name {name!r} is defined twice: {files[0]} and {files[1]}; rename one of them "
+            "(task names must be unique across the user task folders and the built-in tasks)"
+        )
+    return files[0]
+
+
+def task_files(extra_dirs: Sequence[str | Path] = ()) -> dict[str, Path]:
+    """Every task by name → its file: user folders (see :func:`user_task_dirs`), then the
+    built-in tasks. A name defined twice is an error naming both files."""
+    dirs = [*user_task_dirs(extra_dirs), tasks_dir()]
+    names = sorted({p.stem for d in dirs for p in d.glob("*.toml")})
+    return {name: _unique(name, _task_files(name, dirs)) for name in names}
+
+
+def task_names(extra_dirs: Sequence[str | Path] = ()) -> list[str]:
+    return list(task_files(extra_dirs))
+
+
+def load_task_spec(name_or_path: str | Path, extra_dirs: Sequence[str | Path] = ()) -> TaskSpec:
+    """A task by name (searched in the user task folders, then the built-in tasks) or any
+    TOML file by path."""
     path = Path(name_or_path)
     if path.is_dir():
         raise PerserbenchError(f"{path}: is a directory; pass a task name ({', '.join(task_names())}) or "
                                "the path of a .toml task file")
     if path.suffix != ".toml":
-        path = tasks_dir() / f"{name_or_path}.toml"
-        if not path.exists():
+        name = str(name_or_path)
+        files = _task_files(name, [*user_task_dirs(extra_dirs), tasks_dir()])
+        if not files:
             raise PerserbenchError(
-                f"unknown task {str(name_or_path)!r}; known tasks: {', '.join(task_names())} "
-                "(or pass the path of a .toml task file)"
+                f"unknown task {name!r}; known tasks: {', '.join(task_names(extra_dirs))} "
+                f"(or pass the path of a .toml task file, or add a task folder with ${TASKS_ENV})"
             )
+        path = _unique(name, files)
     text = read_text(path, "task file")
     try:
         data = tomllib.loads(text)
