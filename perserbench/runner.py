@@ -54,7 +54,7 @@ from perserbench.method import (
     is_reference,
 )
 from perserbench.metrics import episode_metrics, listener_aggregates, summarize
-from perserbench.registry import create_method, get_method
+from perserbench.registry import check_config, create_method, get_method
 from perserbench.results import SCHEMA_VERSION, EpisodeRecord, RunResult, save_result
 from perserbench.sealed import Prediction, SealedMethod
 from perserbench.tasks import SCENARIOS, ListenerFold, ResolvedTask
@@ -139,10 +139,14 @@ def _instantiate(method: MethodSpec, overrides: dict[str, str] | None, seed: int
     if isinstance(method, type):
         if not issubclass(method, Method):
             raise PerserbenchError(f"{method.__name__} is not a perserbench Method subclass")
-        return method(seed=seed)
-    if isinstance(method, Method):
-        return type(method)(method.config, seed=seed)
-    raise PerserbenchError(f"method must be a registered name, a Method class or instance, got {type(method).__name__}")
+        model = method(seed=seed)
+    elif isinstance(method, Method):
+        model = type(method)(method.config, seed=seed)
+    else:
+        raise PerserbenchError(
+            f"method must be a registered name, a Method class or instance, got {type(method).__name__}")
+    check_config(method_label(model), model.config)
+    return model
 
 
 def method_label(method: MethodSpec) -> str:
@@ -184,6 +188,9 @@ def run(
         get_method(method)  # an unknown name fails before any work
     scenarios = tuple(scenarios or task.spec.episodes.scenarios)
     shots, seeds = tuple(sorted(set(shots))), tuple(seeds)
+    bad_seeds = [s for s in seeds if not isinstance(s, int) or isinstance(s, bool) or s < 0]
+    if bad_seeds or not seeds:
+        raise PerserbenchError(f"seeds must be non-negative integers, got {list(seeds)}")
     check_request(task, shots, scenarios)
     name = method_label(method)
     parallel = max(1, workers or len(os.sched_getaffinity(0)))
