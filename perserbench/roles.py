@@ -14,7 +14,6 @@ must agree on this, so it is decided here, once (DESIGN §2, "Ceiling, headroom 
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 from perserbench.errors import PerserbenchError
@@ -51,10 +50,10 @@ def role_of(result: RunResult, source: str) -> Role:
     return "control" if control else "ranked"
 
 
-def headroom(score: float, baseline: float, ceiling: float) -> float:
+def headroom(score: float, baseline: float, ceiling: float) -> float | None:
     """Share of the gap between ``consensus`` and a ceiling that a method closes:
     ``(score − baseline) / (ceiling − baseline)``; 0 = no better than consensus, 1 = at the
-    ceiling, negative = worse than consensus. NaN (undefined) when the ceiling is not above
+    ceiling, negative = worse than consensus. None (undefined) when the ceiling is not above
     consensus, e.g. on uniform listeners, where there is nothing to capture."""
     gap = ceiling - baseline
-    return (score - baseline) / gap if gap > 0 else math.nan
+    return (score - baseline) / gap if gap > 0 else None

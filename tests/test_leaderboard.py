@@ -440,7 +440,7 @@ def test_headroom_captured_is_computed_from_the_cell_means(tmp_path, toy_inputs)
                 if gap > 0:
                     assert value == pytest.approx((means[method][key].mean - base) / gap, abs=1e-12)
                 else:  # a "ceiling" below consensus leaves nothing to capture
-                    assert np.isnan(value)
+                    assert value is None
         assert "consensus" not in task.headroom[key]
     # lb-truth is perfect and the toy oracle is that perfect rule: it captures all the headroom
     assert all(task.headroom[key]["lb-truth"]["oracle"] == pytest.approx(1.0) for key in CELLS)
@@ -450,7 +450,7 @@ def test_headroom_captured_is_computed_from_the_cell_means(tmp_path, toy_inputs)
     for ceiling in REFERENCES:
         row = next(r for r in headroom if r[:2] == ["label-prior", ceiling])
         values = [task.headroom[key]["label-prior"][ceiling] for key in CELLS]
-        assert row[2:] == ["—" if np.isnan(v) else f"{100 * v:.0f}%" for v in values]
+        assert row[2:] == ["—" if v is None else f"{100 * v:.0f}%" for v in values]
 
 
 def test_personalization_gain_is_own_minus_control_paired_over_listeners(tmp_path, toy_inputs):

@@ -78,7 +78,7 @@ class TaskBoard:
     controls: Part = field(default_factory=dict)
     comparisons: dict[CellKey, dict[str, Comparison]] = field(default_factory=dict)  # vs consensus
     gains: dict[CellKey, dict[str, Comparison]] = field(default_factory=dict)  # own − other-listener control
-    headroom: dict[CellKey, dict[str, dict[str, float]]] = field(default_factory=dict)  # method -> ceiling -> h
+    headroom: dict[CellKey, dict[str, dict[str, float | None]]] = field(default_factory=dict)  # method -> ceiling
 
     def part(self, role: Role) -> Part:
         return {"ranked": self.ranked, "reference": self.references, "control": self.controls}[role]
@@ -243,7 +243,7 @@ def personalization_gains(ranked: dict[str, Cell], controls: dict[str, Cell]) ->
                          if m in ranked and ranked[m].config_hash == c.config_hash})
 
 
-def headroom_captured(ranked: dict[str, Cell], references: dict[str, Cell]) -> dict[str, dict[str, float]]:
+def headroom_captured(ranked: dict[str, Cell], references: dict[str, Cell]) -> dict[str, dict[str, float | None]]:
     """Per ranked method and ceiling reference present: (method − consensus) / (ceiling − consensus)."""
     baseline = ranked.get(BASELINE)
     if baseline is None:

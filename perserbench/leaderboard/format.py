@@ -20,9 +20,9 @@ def p_value(value: float) -> str:
     return "—" if not math.isfinite(value) else ("<0.001" if value < 0.001 else f"{value:.3f}")
 
 
-def share(value: float) -> str:
+def share(value: float | None) -> str:
     """Headroom captured as a percentage; "—" where it is undefined (ceiling ≤ consensus)."""
-    return "—" if not math.isfinite(value) else f"{100 * value:.0f}%"
+    return "—" if value is None else f"{100 * value:.0f}%"
 
 
 def signed(value: float) -> str:

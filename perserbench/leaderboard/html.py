@@ -116,8 +116,8 @@ def _ranked_table(task: TaskBoard, key: CellKey) -> str:
     for rank, cell in task.cell_ranking(key):
         tested = (_td("baseline", 0.0) + _td("—", 2.0)) if cell.method == BASELINE else \
             _tested(comparisons.get(cell.method))
-        shares = "".join(_td(share(h), f"{h:.12f}") if (h := headroom.get(cell.method, {}).get(c)) is not None
-                         else _td("—", "") for c in ceilings)
+        shares = "".join(_td(share(h), "" if h is None else f"{h:.12f}")
+                         for h in (headroom.get(cell.method, {}).get(c) for c in ceilings))
         rows.append("<tr>" + _td(str(rank), rank) + _td(html.escape(cell.method), cell.method, "l") + _scores(cell)
                     + tested + shares + _details(cell) + "</tr>")
     return _table(head, {"Method", "result", "perserbench"}, rows)

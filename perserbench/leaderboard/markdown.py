@@ -54,8 +54,7 @@ def _headroom_table(task: TaskBoard, keys: list[CellKey]) -> list[str]:
         if method == BASELINE:
             continue
         for ceiling in task.ceilings:
-            values = [share(h[ceiling]) if (h := task.headroom.get(key, {}).get(method, {})) and ceiling in h
-                      else "—" for key in keys]
+            values = [share(task.headroom.get(key, {}).get(method, {}).get(ceiling)) for key in keys]
             lines.append(_row([method, ceiling, *values]))
     return lines
 
