@@ -324,6 +324,17 @@ def test_two_files_for_the_same_method_and_cell_are_refused(tmp_path, toy_inputs
     assert code == 2 and "is already on the board from" in _one_line_error(err)
 
 
+def test_two_files_of_one_canonical_name_in_one_batch_are_refused(tmp_path, toy_inputs, cli):
+    twin = load_result(toy_inputs["consensus"])
+    twin.wall_time_s += 1.0  # same run, same canonical name, other bytes
+    path = save_result(twin, tmp_path / "twin.json")
+    board = tmp_path / "board"
+    code, _, err = cli("leaderboard", "submit", toy_inputs["consensus"], path, "--board", board,
+                       "--tasks", toy_inputs["tasks"])
+    assert code == 2 and "in the same batch has the same canonical name" in _one_line_error(err)
+    assert not board.exists()
+
+
 def test_board_files_must_have_canonical_names(tmp_path, toy_inputs):
     board = _board(tmp_path, toy_inputs, methods=("consensus",))
     (board / "results" / toy_inputs["consensus"].name).rename(board / "results" / "best-method.json")

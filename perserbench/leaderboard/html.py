@@ -9,9 +9,9 @@ import html
 from collections.abc import Iterable
 from typing import Any
 
+from perserbench.formatting import fixed, p_value, share, signed
 from perserbench.leaderboard.board import ALPHA, Board, Cell, CellKey, TaskBoard
 from perserbench.leaderboard.figures import cd_figure_uri, shots_figure_uri
-from perserbench.leaderboard.format import fmt, p_value, share, signed
 from perserbench.leaderboard.paths import RESULTS_DIR
 from perserbench.roles import BASELINE
 
@@ -70,7 +70,7 @@ def _td(text: str, sort_value: Any, css: str = "") -> str:
 
 
 def _num(value: float) -> str:
-    return _td(fmt(value), f"{value:.12f}")
+    return _td(fixed(value), f"{value:.12f}")
 
 
 def _table(head: list[str], left: set[str], rows: list[str]) -> str:
@@ -96,7 +96,7 @@ def _tested(comp: Any) -> str:
 
 
 def _scores(cell: Cell) -> str:
-    return (_num(cell.mean) + _td(f"[{fmt(cell.ci_low)}, {fmt(cell.ci_high)}]", f"{cell.ci_low:.12f}"))
+    return (_num(cell.mean) + _td(f"[{fixed(cell.ci_low)}, {fixed(cell.ci_high)}]", f"{cell.ci_low:.12f}"))
 
 
 def _details(cell: Cell) -> str:

@@ -3,10 +3,14 @@ ceiling / references, headroom captured and personalization gain, each its own t
 
 from __future__ import annotations
 
-from perserbench.leaderboard.board import ALPHA, Board, CellKey, TaskBoard
-from perserbench.leaderboard.format import share, signed, with_ci
+from perserbench.formatting import fixed, share, signed
+from perserbench.leaderboard.board import ALPHA, Board, Cell, CellKey, TaskBoard
 from perserbench.leaderboard.paths import RESULTS_DIR
 from perserbench.roles import BASELINE, CEILINGS
+
+
+def with_ci(cell: Cell) -> str:
+    return f"{fixed(cell.mean)} [{fixed(cell.ci_low)}, {fixed(cell.ci_high)}]"
 
 
 def _row(cells: list[str]) -> str:

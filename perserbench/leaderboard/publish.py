@@ -107,6 +107,10 @@ def submit(paths: Sequence[Path], board_dir: Path, resolver: TaskResolver, repla
         target = results_dir / result_filename(result)
         if target.exists() and target.read_bytes() != path.read_bytes() and not replace:
             raise PerserbenchError(f"{path}: {target} already exists with other content; pass --replace to overwrite it")
+        twin = next((p for p, t in plan if t == target and p.read_bytes() != path.read_bytes()), None)
+        if twin is not None:
+            raise PerserbenchError(f"{path}: {twin} in the same batch has the same canonical name {target.name} and "
+                                   "other content; submit one of the two")
         control = role_of(result, str(path)) == "control"
         for s in result.scenarios:
             for k in result.shots:

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from perserbench.report.analysis import Analysis, CellAnalysis
+from perserbench.formatting import fixed, p_value, share, signed
+from perserbench.report.analysis import Analysis, CellAnalysis, MethodCell
 from perserbench.roles import BASELINE, CEILINGS
 from perserbench.stats import FriedmanResult, PairComparison
 
@@ -31,28 +32,18 @@ class Figure:
 Block = tuple[str, object]  # ("h1"|"h2"|"h3"|"p"|"table"|"figure", payload)
 
 
-def _f(x: float) -> str:
-    return f"{x:.3f}"
-
-
-def _p(p: float) -> str:
-    if not np.isfinite(p):
-        return "—"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+def _with_ci(m: MethodCell) -> str:
+    return f"{fixed(m.mean)} [{fixed(m.ci_low)}, {fixed(m.ci_high)}]"
 
 
 def _peq(p: float) -> str:
     """``p`` for running text: "= 0.018" or "< 0.001"."""
-    text = _p(p)
+    text = p_value(p)
     return text.replace("<", "< ") if text.startswith("<") else f"= {text}"
 
 
 def _num(x: float) -> str:
     return "∞" if np.isinf(x) else f"{x:.3f}"
-
-
-def _share(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.0f}%"
 
 
 def _friedman_text(res: FriedmanResult, blocks: str) -> str:
@@ -76,9 +67,9 @@ def _pair_table(pairs: list[PairComparison], alpha: float, a: str = "A", b: str 
     table = Table([a, b, f"mean {a}", f"mean {b}", f"Δ ({a}−{b})", "95% CI of Δ", "W", "p (Wilcoxon)",
                    "p (permutation)", "p (Holm)", "r_rb"], [], align_left=2)
     for r, p in enumerate(pairs):
-        table.rows.append([p.a, p.b, _f(p.mean_a), _f(p.mean_b), f"{p.mean_diff:+.3f}",
-                           f"[{p.ci_low:+.3f}, {p.ci_high:+.3f}]", f"{p.wilcoxon_statistic:g}", _p(p.p_value),
-                           _p(p.permutation_p), _p(p.p_holm), f"{p.effect_size:+.2f}"])
+        table.rows.append([p.a, p.b, fixed(p.mean_a), fixed(p.mean_b), signed(p.mean_diff),
+                           f"[{p.ci_low:+.3f}, {p.ci_high:+.3f}]", f"{p.wilcoxon_statistic:g}", p_value(p.p_value),
+                           p_value(p.permutation_p), p_value(p.p_holm), f"{p.effect_size:+.2f}"])
         if p.p_holm <= alpha:
             table.bold.add((r, 9))
     return table
@@ -101,8 +92,7 @@ def _task_blocks(an: Analysis, task: str) -> list[Block]:
     ranked = [x for x in in_task if data.methods[x].role == "ranked"]
     references = [x for x in in_task if data.methods[x].role == "reference"]
     blocks: list[Block] = [("h2", f"Summary — {task}")]
-    table = _by_cell(tcells, ranked, lambda c, x: (f"{_f(m.mean)} [{_f(m.ci_low)}, {_f(m.ci_high)}]"
-                                                   + (f" {m.marks}" if m.marks else ""))
+    table = _by_cell(tcells, ranked, lambda c, x: (_with_ci(m) + (f" {m.marks}" if m.marks else ""))
                      if (m := c.methods.get(x)) else None)
     for r, label in enumerate(ranked):
         table.bold |= {(r, j + 1) for j, c in enumerate(tcells) if label in c.methods and c.methods[label].best}
@@ -111,15 +101,14 @@ def _task_blocks(an: Analysis, task: str) -> list[Block]:
         blocks += [("h3", f"Ceiling / references — {task}"),
                    ("p", ("Privileged information (true listener model, the listener's own many-shot labels): shown "
                          "as ceilings, never ranked, marked or tested.")),
-                   ("table", _by_cell(tcells, references, lambda c, x: f"{_f(m.mean)} [{_f(m.ci_low)}, {_f(m.ci_high)}]"
-                                      if (m := c.methods.get(x)) else None))]
+                   ("table", _by_cell(tcells, references, lambda c, x: _with_ci(m) if (m := c.methods.get(x)) else None))]
     ceilings = [x for x in references if data.methods[x].name in CEILINGS]
     rows = [(x, ceiling) for x in ranked for ceiling in ceilings
             if any(ceiling in c.methods[x].headroom for c in tcells if x in c.methods)]
     if rows:
         table = Table(["method", "ceiling"] + [f"{c.key[1]} K={c.key[2]}" for c in tcells], [], align_left=2)
         for x, ceiling in rows:
-            table.rows.append([x, ceiling] + [_share(c.methods[x].headroom.get(ceiling)) if x in c.methods else "—"
+            table.rows.append([x, ceiling] + [share(c.methods[x].headroom.get(ceiling)) if x in c.methods else "—"
                                               for c in tcells])
         blocks += [("h3", f"Headroom captured — {task}"),
                    ("p", (f"(method − {BASELINE}) / (ceiling − {BASELINE}) of the cell means: 0% = no better than "
@@ -130,7 +119,7 @@ def _task_blocks(an: Analysis, task: str) -> list[Block]:
         def gain(c: CellAnalysis, x: str) -> str | None:
             g = next((g for g in c.gains if g.a == x), None)
             mark = "" if g is None or g.p_holm > alpha else (" ▲" if g.mean_diff > 0 else " ▼")
-            return None if g is None else f"{g.mean_diff:+.3f} [{g.ci_low:+.3f}, {g.ci_high:+.3f}]{mark}"
+            return None if g is None else f"{signed(g.mean_diff)} [{g.ci_low:+.3f}, {g.ci_high:+.3f}]{mark}"
 
         blocks += [("h3", f"Personalization gain — {task}"),
                    ("p", ("Score with the listener's own support − score with another test listener's support (the "
