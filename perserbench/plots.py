@@ -1,6 +1,6 @@
 """The report's figures (matplotlib, Agg backend, no display needed).
 
-Two figures, used by ``perserbench compare`` and the leaderboard:
+Two figures, used by ``perserbench compare`` and the leaderboard, and :func:`to_png`:
 
 * :func:`shots_curve` — score versus K per method with its CI band;
 * :func:`cd_diagram` — Demšar's (2006) critical-difference diagram.
@@ -11,6 +11,7 @@ Figures are built with fixed sizes, fonts and colours and no timestamps, so savi
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 
 import matplotlib
@@ -24,6 +25,14 @@ from perserbench.stats import friedman
 
 _COLORS = ("#0969da", "#cf222e", "#1a7f37", "#8250df", "#bf8700", "#57606a", "#e16f24", "#1b7c83",
            "#a40e26", "#4c2889")
+_REFERENCE_STYLES = ("--", ":", "-.")  # one dash pattern per reference, so two ceilings stay apart
+
+
+def to_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes, byte-stable: no ``Software`` tag or date in the metadata."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None}, bbox_inches="tight")
+    return buf.getvalue()
 
 
 def shots_curve(
@@ -35,9 +44,9 @@ def shots_curve(
     """One line per method: mean score at each K with a shaded CI band (``low``..``high``).
 
     ``series[method]`` has equal-length lists ``shots``, ``mean``, ``low``, ``high``. Methods in
-    ``reference`` (e.g. the ``oracle`` ceiling) are drawn dashed without a band, so they read
-    as a bound rather than a competitor. Methods are drawn in sorted order so colours are
-    stable across reports.
+    ``reference`` (e.g. the ``oracle`` and ``personal`` ceilings) are drawn grey, each with its
+    own dash pattern, without a band, so they read as bounds rather than competitors. Methods
+    are drawn in sorted order so colours are stable across reports.
     """
     fig = Figure(figsize=(7.6, 4.0), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
@@ -51,7 +60,8 @@ def shots_curve(
         all_shots.update(shots.tolist())
         color = _COLORS[i % len(_COLORS)]
         if method in reference:
-            ax.plot(shots, mean, linestyle="--", color="#57606a", marker="", linewidth=1.5, label=f"{method} (ref.)")
+            style = _REFERENCE_STYLES[sorted(reference).index(method) % len(_REFERENCE_STYLES)]
+            ax.plot(shots, mean, linestyle=style, color="#57606a", marker="", linewidth=1.5, label=f"{method} (ref.)")
             continue
         ax.plot(shots, mean, marker="o", color=color, linewidth=1.8, markersize=4, label=method)
         low = np.asarray(data["low"], dtype=float)[order]

@@ -1,7 +1,9 @@
-"""The leaderboard: only valid result files get on it, and it is a deterministic function of them.
+"""The leaderboard: only valid, plausible result files get on it, references and controls are
+shown beside the ranking and never in it, and the board is a deterministic function of them.
 
 Boards here are built in temporary folders from results generated on the tiny ``toy`` task of
-conftest.py (the committed board is checked once, by the test CI relies on, at the end).
+conftest.py, and (for the ceiling) on a small synthetic task with the real ``oracle``; the
+committed board is checked once, by the test CI relies on, at the end.
 """
 
 from __future__ import annotations
@@ -17,73 +19,121 @@ import numpy as np
 import pytest
 import torch
 from conftest import TOY_TASK
+from scipy import stats as sps
 
 from perserbench.episodes import Items, LabelledItems, MetaTrainSet
-from perserbench.leaderboard import (
-    CEILING_METHODS,
-    TaskResolver,
-    build,
-    check_board,
-    validate_result,
-)
+from perserbench.leaderboard import TaskResolver, build, check_board, load_board, validate_result
 from perserbench.method import EmptyConfig, Method, config_hash
+from perserbench.metrics import listener_aggregates, summarize
 from perserbench.registry import register_method
-from perserbench.results import load_result
-from perserbench.runner import result_filename, run, write_result
-from perserbench.tasks import load_task
+from perserbench.results import RunResult, load_result, save_result
+from perserbench.runner import result_filename, run
+from perserbench.tasks import load_task, tasks_dir
 
 REPO = Path(__file__).resolve().parent.parent
+RANKED = ("consensus", "label-prior", "label-support", "lb-truth")
+REFERENCES = ("oracle", "personal")
+CELLS = [("seen", 1), ("seen", 5), ("unseen", 1), ("unseen", 5)]
+
+
+def _toy_rule(x: torch.Tensor, flip: bool) -> torch.Tensor:
+    """The toy corpus's labelling rule (conftest.load_toy) for a listener who flips or not."""
+    signs = x[:, 0, :3]
+    y = (signs > 0) ^ flip
+    empty = ~y.any(dim=1)
+    y[empty, signs[empty].argmax(dim=1)] = True
+    return y.float()
 
 
 class _ToyRule:
-    """The toy corpus's generating rule (conftest.load_toy) for one listener."""
-
     def __init__(self, flip: bool) -> None:
         self.flip = flip
 
     def predict_proba(self, items: Items) -> torch.Tensor:
-        signs = items.x[:, 0, :3]
-        y = (signs > 0) ^ self.flip
-        empty = ~y.any(dim=1)
-        y[empty, signs[empty].argmax(dim=1)] = True
-        return y.float()
+        return _toy_rule(items.x, self.flip)
 
 
 @register_method("lb-truth")
 class ToyTruth(Method):
-    """Knows how toy listeners label; stands in for the synthetic ``oracle`` ceiling."""
+    """An honest, perfect method on the toy corpus: it knows the labelling rule and infers
+    from the support labels alone whether this listener flips it (one support item decides:
+    the two rules never give the same label set)."""
 
     def meta_fit(self, train: MetaTrainSet) -> None:
         pass
 
     def adapt(self, support: LabelledItems) -> _ToyRule:
-        return _ToyRule(int(support.listener[1:]) % 2 == 1)
+        agrees = (_toy_rule(support.x, False) == support.y).all(dim=1).float().mean()
+        return _ToyRule(bool(agrees < 0.5))
 
 
 FAST = {"epochs": "2"}
 
 
+def _filename(result: RunResult) -> str:
+    """The runner's canonical name, with the ``__ctl-other`` suffix of other-listener controls
+    (issue 13) added where the runner does not add it yet; a no-op once it does."""
+    name = result_filename(result)
+    if result.method.get("control") == "other-listener" and "__ctl-other" not in name:
+        name = name.removesuffix(".json") + "__ctl-other.json"
+    return name
+
+
+@pytest.fixture(autouse=True)
+def _control_names(monkeypatch):
+    monkeypatch.setattr("perserbench.runner.result_filename", _filename)
+
+
+def _save(result: RunResult, folder: Path) -> Path:
+    return save_result(result, folder / _filename(result))
+
+
+def _rederive(result: RunResult, episodes: list) -> RunResult:
+    """``result`` with other episode records and the aggregates recomputed from them, so only
+    the checks beyond recomputation can tell."""
+    return dataclasses.replace(result, episodes=episodes, listeners=listener_aggregates(episodes),
+                               summary=summarize(episodes))
+
+
+def _as_reference(result: RunResult, name: str) -> RunResult:
+    """``result``'s numbers filed as the reference ``name`` (references are never audited)."""
+    return dataclasses.replace(
+        result, method={"name": name, "config": {}, "config_hash": config_hash(name, EmptyConfig()), "reference": True},
+        audit={"ran": False, "passed": False, "episodes": 0, "max_abs_diff": 0.0, "tolerance": 1e-4})
+
+
+def _as_control(result: RunResult, of: RunResult) -> RunResult:
+    """``result``'s numbers filed as the other-listener control of ``of``'s method."""
+    return dataclasses.replace(result, method={**of.method, "control": "other-listener"})
+
+
 @pytest.fixture(scope="session")
 def toy_inputs(tmp_path_factory) -> dict[str, Path]:
-    """Task folder with toy.toml, and one result file per method on it (generated once)."""
+    """Task folder with toy.toml, and one result file per method on it (generated once).
+
+    Toy labels are a deterministic function of the features and the listener's parity, so the
+    toy task's true ceiling is the perfect rule: the ``oracle`` file is ``lb-truth``'s result
+    filed as the oracle reference (the real oracle needs a synthetic corpus's generative model;
+    the ceiling tests below use it). ``personal`` (the many-shot reference) carries
+    label-support's numbers, and the other-listener control of label-support label-prior's.
+    """
     root = tmp_path_factory.mktemp("leaderboard-inputs")
     tasks = root / "tasks"
     tasks.mkdir()
     (tasks / "toy.toml").write_text(TOY_TASK)
     task = load_task(tasks / "toy.toml")
     runs = root / "runs"
-    files = {}
-    for method, overrides in (("consensus", FAST), ("label-prior", None), ("label-support", None)):
-        files[method] = write_result(run(method, task, [1, 5], config_overrides=overrides), runs)
-    ceiling = run("lb-truth", task, [1, 5])
-    ceiling.method = {"name": "oracle", "config": {}, "config_hash": config_hash("oracle", EmptyConfig())}
-    files["oracle"] = write_result(ceiling, runs)
+    results = {m: run(m, task, [1, 5], config_overrides=FAST if m == "consensus" else None) for m in RANKED}
+    files = {m: _save(r, runs) for m, r in results.items()}
+    files["oracle"] = _save(_as_reference(results["lb-truth"], "oracle"), runs)
+    files["personal"] = _save(_as_reference(results["label-support"], "personal"), runs)
+    files["control"] = _save(_as_control(results["label-prior"], results["label-support"]), runs)
     other = run("consensus", task, [5], scenarios=["unseen"], config_overrides={"epochs": "3"})
-    files["consensus-other-config"] = write_result(other, root / "other")
+    files["consensus-other-config"] = _save(other, root / "other")
     return {"tasks": tasks, **files}
 
 
-def _board(tmp_path: Path, toy_inputs: dict[str, Path], methods=("consensus", "label-prior", "label-support", "oracle")) -> Path:
+def _board(tmp_path: Path, toy_inputs: dict[str, Path], methods=RANKED + ("oracle",)) -> Path:
     board = tmp_path / "board"
     (board / "results").mkdir(parents=True)
     for m in methods:
@@ -98,16 +148,34 @@ def _one_line_error(err: str) -> str:
     return lines[0]
 
 
+def _tables(markdown: str) -> list[list[list[str]]]:
+    """The Markdown tables of a page: rows of cells, header first, separator dropped."""
+    tables, current = [], []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|") and set(line) <= set("|-: "):
+            continue
+        if line.startswith("| "):
+            current.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def _summary(path: Path) -> dict[tuple[str, int], object]:
+    return {(r.scenario, r.shots): r for r in load_result(path).summary if r.metric == "macro_f1"}
+
+
 # ------------------------------------------------------------------- validation and submission
 
 
 def test_generated_results_validate_and_submit_copies_them_byte_for_byte(tmp_path, toy_inputs, cli):
     board = tmp_path / "board"
-    sources = [toy_inputs[m] for m in ("consensus", "label-prior", "oracle")]
+    sources = [toy_inputs[m] for m in ("consensus", "label-prior", "oracle", "control")]
     code, _, err = cli("leaderboard", "submit", *sources, "--board", board, "--tasks", toy_inputs["tasks"])
     assert code == 0, err
     placed = sorted((board / "results").iterdir())
-    assert [p.name for p in placed] == sorted(result_filename(load_result(s)) for s in sources)
+    assert [p.name for p in placed] == sorted(_filename(load_result(s)) for s in sources)
     for source in sources:
         assert (board / "results" / source.name).read_bytes() == source.read_bytes()
     # resubmitting the same file is a no-op; it is refused only when the content differs
@@ -138,14 +206,10 @@ def _tamper_task_hash(data):
 def _drop_listener(data):
     """Remove every episode of one listener and re-derive the aggregates, so only the
     completeness check can catch it."""
-    from perserbench.metrics import listener_aggregates, summarize
-    from perserbench.results import RunResult
-
-    victim = data["episodes"][0]["listener"]
-    data["episodes"] = [e for e in data["episodes"] if e["listener"] != victim]
     result = RunResult.from_dict(data)
-    data["listeners"] = [dataclasses.asdict(r) for r in listener_aggregates(result.episodes)]
-    data["summary"] = [dataclasses.asdict(r) for r in summarize(result.episodes)]
+    victim = result.episodes[0].listener
+    derived = _rederive(result, [e for e in result.episodes if e.listener != victim])
+    data.update(json.loads(derived.to_json()))
     data["_victim"] = victim
 
 
@@ -175,6 +239,26 @@ def _schema_version(data):
     data["schema_version"] = 0
 
 
+def _audit_not_run(data):
+    data["audit"] = {"ran": False, "passed": False, "episodes": 0, "max_abs_diff": 0.0, "tolerance": 1e-4}
+
+
+def _audit_failed(data):
+    data["audit"]["passed"] = False
+
+
+def _audit_missing(data):
+    data["audit"] = {}
+
+
+def _claims_to_be_a_reference(data):
+    data["method"]["reference"] = True
+
+
+def _unknown_control(data):
+    data["method"]["control"] = "others"
+
+
 @pytest.mark.parametrize("tamper,reason", [
     (_tamper_episode_metric, "listener records do not recompute from the episode metrics"),
     (_tamper_listener_record, "listener records do not recompute"),
@@ -188,6 +272,11 @@ def _schema_version(data):
     (_config_without_hash, "is not the hash of its config"),
     (_metric_out_of_range, "micro_f1 = 1.5, not a number in [0, 1]"),
     (_schema_version, "schema_version 0 is not supported"),
+    (_audit_not_run, "the independence audit did not run"),
+    (_audit_failed, "the independence audit did not pass"),
+    (_audit_missing, "the independence audit did not run"),
+    (_claims_to_be_a_reference, "method.reference is true but 'consensus' is not a reference method"),
+    (_unknown_control, "method.control is 'others'"),
 ])
 def test_tampered_result_is_refused_with_file_and_reason(tmp_path, toy_inputs, cli, tamper, reason):
     data = json.loads(toy_inputs["consensus"].read_text())
@@ -202,6 +291,16 @@ def test_tampered_result_is_refused_with_file_and_reason(tmp_path, toy_inputs, c
     line = _one_line_error(err)
     assert str(bad) in line and reason.format(victim=victim) in line, line
     assert not board.exists(), "a refused batch must not change the board"
+
+
+def test_an_oracle_result_filed_as_a_ranked_method_is_refused(tmp_path, toy_inputs):
+    data = json.loads(toy_inputs["oracle"].read_text())
+    data["method"]["reference"] = False
+    data["audit"] = json.loads(toy_inputs["lb-truth"].read_text())["audit"]  # even with a passed audit
+    path = tmp_path / "oracle.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(Exception, match="method.reference is false but 'oracle' is a reference method"):
+        validate_result(path, TaskResolver(toy_inputs["tasks"]))
 
 
 def test_result_of_a_changed_task_spec_is_refused(tmp_path, toy_inputs):
@@ -225,11 +324,205 @@ def test_two_files_for_the_same_method_and_cell_are_refused(tmp_path, toy_inputs
     assert code == 2 and "is already on the board from" in _one_line_error(err)
 
 
+def test_two_files_of_one_canonical_name_in_one_batch_are_refused(tmp_path, toy_inputs, cli):
+    twin = load_result(toy_inputs["consensus"])
+    twin.wall_time_s += 1.0  # same run, same canonical name, other bytes
+    path = save_result(twin, tmp_path / "twin.json")
+    board = tmp_path / "board"
+    code, _, err = cli("leaderboard", "submit", toy_inputs["consensus"], path, "--board", board,
+                       "--tasks", toy_inputs["tasks"])
+    assert code == 2 and "in the same batch has the same canonical name" in _one_line_error(err)
+    assert not board.exists()
+
+
 def test_board_files_must_have_canonical_names(tmp_path, toy_inputs):
     board = _board(tmp_path, toy_inputs, methods=("consensus",))
     (board / "results" / toy_inputs["consensus"].name).rename(board / "results" / "best-method.json")
     with pytest.raises(Exception, match="best-method.json: result files on the board must use their canonical name"):
         build(board, TaskResolver(toy_inputs["tasks"]))
+
+
+# ------------------------------------------------------------------- the ceiling
+
+
+SMALL_SYNTHETIC = """
+name = "synthetic-small"
+version = "0.1"
+[corpus]
+name = "synthetic"
+features = "synthetic"
+labels = ["neutral", "happy", "sad", "angry", "frustrated", "excited"]
+[listeners]
+folds = 2
+seed = 3
+[utterances]
+split = "session"
+heldout = ["Ses05"]
+[episodes]
+scenarios = ["unseen"]
+shots = [1, 5]
+query = 10
+min_query = 10
+episodes = 2
+seed = 5
+"""
+
+
+@pytest.fixture(scope="module")
+def synthetic_inputs(tmp_path_factory) -> dict[str, Path]:
+    """The real oracle and an honest method on a small synthetic task, and a hand-made result
+    of that method that scores 1.0 everywhere in K=5 (what a memory of other episodes' labels
+    would give)."""
+    root = tmp_path_factory.mktemp("ceiling-inputs")
+    tasks = root / "tasks"
+    tasks.mkdir()
+    (tasks / "synthetic-small.toml").write_text(SMALL_SYNTHETIC)
+    task = load_task(tasks / "synthetic-small.toml")
+    oracle, honest = run("oracle", task, [1, 5]), run("label-support", task, [1, 5])
+    perfect = [dataclasses.replace(e, macro_f1=1.0) if e.shots == 5 else e for e in honest.episodes]
+    return {"tasks": tasks, "oracle": _save(oracle, root / "runs"), "honest": _save(honest, root / "runs"),
+            "too-good": _save(_rederive(honest, perfect), root / "too-good")}
+
+
+def test_a_result_above_the_ceiling_is_refused_by_submit_and_build(tmp_path, synthetic_inputs, cli):
+    files, board = synthetic_inputs, tmp_path / "board"
+    args = ("--board", board, "--tasks", files["tasks"])
+    bound = _summary(files["oracle"])[("unseen", 5)].ci_high
+    assert bound < 0.95  # the true listener model is far from perfect on synthetic listeners
+    code, _, err = cli("leaderboard", "submit", files["oracle"], files["too-good"], *args)
+    line = _one_line_error(err)
+    assert code == 2 and str(files["too-good"]) in line, line
+    assert f"macro_f1 1.0000 on synthetic-small unseen K=5 is above the ceiling's upper 95% bound {bound:.4f}" in line
+    assert not board.exists()
+    # the ceiling already on the board counts too, and so does a bypassed submission
+    assert cli("leaderboard", "submit", files["oracle"], files["honest"], *args)[0] == 0
+    code, _, err = cli("leaderboard", "submit", files["too-good"], "--replace", *args)
+    assert code == 2 and "above the ceiling" in _one_line_error(err)
+    shutil.copy(files["too-good"], board / "results" / files["honest"].name)
+    code, _, err = cli("leaderboard", "build", *args)
+    assert code == 2 and "above the ceiling" in _one_line_error(err)
+
+
+def test_the_real_oracle_is_shown_as_the_ceiling_and_not_ranked(tmp_path, synthetic_inputs, cli):
+    board = tmp_path / "board"
+    args = ("--board", board, "--tasks", synthetic_inputs["tasks"])
+    assert cli("leaderboard", "submit", synthetic_inputs["oracle"], synthetic_inputs["honest"], *args)[0] == 0
+    assert cli("leaderboard", "build", *args)[0] == 0
+    ranked, references = _tables((board / "README.md").read_text())[:2]
+    assert [row[:2] for row in ranked[1:]] == [["1", "label-support"]]
+    assert [row[0] for row in references[1:]] == ["oracle"]
+    oracle = _summary(synthetic_inputs["oracle"])
+    assert references[1][1:3] == [f"{oracle[c].mean:.3f} [{oracle[c].ci_low:.3f}, {oracle[c].ci_high:.3f}]"
+                                  for c in [("unseen", 1), ("unseen", 5)]]
+
+
+# ------------------------------------------------------------------- references, headroom and controls
+
+
+def test_references_and_controls_are_shown_but_never_ranked_or_tested(tmp_path, toy_inputs):
+    board_dir = _board(tmp_path, toy_inputs, RANKED + REFERENCES + ("control",))
+    task = load_board(board_dir, TaskResolver(toy_inputs["tasks"])).tasks["toy"]
+    assert task.methods() == sorted(RANKED)
+    assert task.methods("reference") == ["oracle", "personal"] and task.ceilings == ["oracle", "personal"]
+    assert task.methods("control") == ["label-support"]
+    assert [m for _, m, _ in task.overall()] == sorted(RANKED, key=lambda m: -np.mean(
+        [_summary(toy_inputs[m])[c].mean for c in CELLS]))
+    for key in CELLS:
+        assert set(task.comparisons[key]) == set(RANKED) - {"consensus"}
+        assert {c.method for _, c in task.cell_ranking(key)} == set(RANKED)
+    readme = build(board_dir, TaskResolver(toy_inputs["tasks"]))["README.md"]
+    ranked, references, headroom, gains = _tables(readme)
+    assert [row[1] for row in ranked[1:]] == [m for _, m, _ in task.overall()]
+    assert {row[0] for row in headroom[1:]} == set(RANKED) - {"consensus"}
+    assert [row[0] for row in references[1:]] == ["oracle", "personal"]
+    assert [row[0] for row in gains[1:]] == ["label-support"]
+
+
+def test_headroom_captured_is_computed_from_the_cell_means(tmp_path, toy_inputs):
+    board_dir = _board(tmp_path, toy_inputs, RANKED + REFERENCES)
+    task = load_board(board_dir, TaskResolver(toy_inputs["tasks"])).tasks["toy"]
+    means = {m: _summary(toy_inputs[m]) for m in RANKED + REFERENCES}
+    for key in CELLS:
+        base = means["consensus"][key].mean
+        for method in set(RANKED) - {"consensus"}:
+            for ceiling in REFERENCES:
+                gap = means[ceiling][key].mean - base
+                value = task.headroom[key][method][ceiling]
+                if gap > 0:
+                    assert value == pytest.approx((means[method][key].mean - base) / gap, abs=1e-12)
+                else:  # a "ceiling" below consensus leaves nothing to capture
+                    assert value is None
+        assert "consensus" not in task.headroom[key]
+    # lb-truth is perfect and the toy oracle is that perfect rule: it captures all the headroom
+    assert all(task.headroom[key]["lb-truth"]["oracle"] == pytest.approx(1.0) for key in CELLS)
+    readme = build(board_dir, TaskResolver(toy_inputs["tasks"]))["README.md"]
+    headroom = _tables(readme)[2]
+    assert headroom[0] == ["Method", "Ceiling"] + [f"{s} K={k}" for s, k in CELLS]
+    for ceiling in REFERENCES:
+        row = next(r for r in headroom if r[:2] == ["label-prior", ceiling])
+        values = [task.headroom[key]["label-prior"][ceiling] for key in CELLS]
+        assert row[2:] == ["—" if v is None else f"{100 * v:.0f}%" for v in values]
+
+
+def test_personalization_gain_is_own_minus_control_paired_over_listeners(tmp_path, toy_inputs):
+    board_dir = _board(tmp_path, toy_inputs, RANKED + ("control",))
+    task = load_board(board_dir, TaskResolver(toy_inputs["tasks"])).tasks["toy"]
+    own, control = load_result(toy_inputs["label-support"]), load_result(toy_inputs["control"])
+    def per_listener(r: RunResult, key: tuple[str, int]) -> np.ndarray:
+        rows = sorted((x for x in r.listeners if (x.scenario, x.shots) == key), key=lambda x: x.listener)
+        return np.array([x.macro_f1 for x in rows])
+
+    for key in CELLS:
+        a, b = per_listener(own, key), per_listener(control, key)
+        gain = task.gains[key]["label-support"]
+        assert gain.delta == pytest.approx(np.mean(a - b)) and gain.n_listeners == 6
+        assert gain.p_value == pytest.approx(1.0 if np.allclose(a, b) else sps.wilcoxon(a, b).pvalue)
+        assert gain.p_adjusted == gain.p_value  # one method with a control: a family of one
+    readme = build(board_dir, TaskResolver(toy_inputs["tasks"]))["README.md"]
+    ranked, gains = _tables(readme)
+    assert [row[1] for row in ranked[1:]].count("label-support") == 1  # the control is not a second entry
+    assert gains[1][1:5] == [f"{task.gains[k]['label-support'].delta:+.3f} {task.gains[k]['label-support'].marker}"
+                             .strip() for k in CELLS]
+    assert toy_inputs["control"].name in gains[1][5]
+
+
+def test_two_controls_of_one_method_and_cell_are_refused(tmp_path, toy_inputs, cli):
+    board = _board(tmp_path, toy_inputs, ("label-support", "control"))
+    twin = load_result(toy_inputs["control"])
+    twin.method["config"] = {"note": 1}
+    twin.method["config_hash"] = config_hash(twin.method_name, dataclasses.make_dataclass("C", ["note"])(1))
+    path = _save(twin, tmp_path / "twin")
+    code, _, err = cli("leaderboard", "submit", path, "--board", board, "--tasks", toy_inputs["tasks"])
+    assert code == 2, err
+    assert "label-support (other-listener control) on toy seen K=1 is already on the board" in _one_line_error(err)
+
+
+# ------------------------------------------------------------------- where the board and the tasks are
+
+
+def test_board_and_tasks_defaults_do_not_assume_a_checkout(tmp_path, toy_inputs, cli, monkeypatch):
+    monkeypatch.delenv("PERSERBENCH_LEADERBOARD", raising=False)
+    monkeypatch.delenv("PERSERBENCH_TASKS", raising=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, _, err = cli("leaderboard", "build", "--tasks", toy_inputs["tasks"])
+    assert code == 2 and f"{elsewhere / 'leaderboard'}: no leaderboard folder" in _one_line_error(err)
+    assert not (elsewhere / "leaderboard").exists()
+    # ./leaderboard of the current directory is the default board ...
+    _board(elsewhere, toy_inputs, ("consensus",)).rename(elsewhere / "leaderboard")
+    assert cli("leaderboard", "build", "--tasks", toy_inputs["tasks"])[0] == 0
+    assert (elsewhere / "leaderboard" / "README.md").is_file()
+    # ... unless $PERSERBENCH_LEADERBOARD names another
+    other = _board(tmp_path / "env", toy_inputs, ("label-prior",))
+    monkeypatch.setenv("PERSERBENCH_LEADERBOARD", str(other))
+    assert cli("leaderboard", "build", "--tasks", toy_inputs["tasks"])[0] == 0
+    assert "label-prior" in (other / "README.md").read_text()
+    # task specs come from the installed package, not from a tasks/ folder that happens to be here
+    shutil.copytree(toy_inputs["tasks"], elsewhere / "tasks")
+    code, _, err = cli("leaderboard", "validate", toy_inputs["consensus"])
+    line = _one_line_error(err)
+    assert code == 2 and f"task 'toy' has no spec {tasks_dir() / 'toy.toml'}" in line and str(elsewhere) not in line
 
 
 # ------------------------------------------------------------------- building and checking
@@ -262,7 +555,7 @@ def test_build_check_fails_on_hand_edited_board_and_passes_after_rebuild(tmp_pat
 
 
 def test_rebuild_is_byte_identical(tmp_path, toy_inputs):
-    board = _board(tmp_path, toy_inputs)
+    board = _board(tmp_path, toy_inputs, RANKED + REFERENCES + ("control",))
     first = build(board, TaskResolver(toy_inputs["tasks"]))
     second = build(board, TaskResolver(toy_inputs["tasks"]))  # fresh resolver: nothing cached
     assert first == second
@@ -272,29 +565,23 @@ def test_rebuild_is_byte_identical(tmp_path, toy_inputs):
 def test_readme_numbers_and_ranks_come_from_the_result_files(tmp_path, toy_inputs):
     board = _board(tmp_path, toy_inputs)
     readme = build(board, TaskResolver(toy_inputs["tasks"]))["README.md"]
-    rows = {}
-    for line in readme.splitlines():
-        cols = [c.strip() for c in line.strip("|").split("|")]
-        if len(cols) > 3 and cols[1].split(" ")[0] in {"consensus", "label-prior", "label-support", "oracle"}:
-            rows[cols[1].split(" ")[0]] = cols
-    assert set(rows) == {"consensus", "label-prior", "label-support", "oracle"}
-    cells = [("seen", 1), ("seen", 5), ("unseen", 1), ("unseen", 5)]
+    ranked, references = _tables(readme)[:2]
+    assert ranked[0] == ["Rank", "Method"] + [f"{s} K={k}" for s, k in CELLS] + ["Result", "perserbench"]
+    rows = {row[1]: row for row in ranked[1:]}
+    rows.update({row[0]: [""] + row for row in references[1:]})
+    assert set(rows) == set(RANKED) | {"oracle"}
     overall = {}
     for method, cols in rows.items():
         result = load_result(toy_inputs[method])
-        head = {(r.scenario, r.shots): r for r in result.summary if r.metric == "macro_f1"}
-        for i, key in enumerate(cells):
+        head = _summary(toy_inputs[method])
+        for i, key in enumerate(CELLS):
             r = head[key]
             assert cols[2 + i].startswith(f"{r.mean:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"), (method, key, cols)
-        assert f"results/{toy_inputs[method].name}" in cols[2 + len(cells)]
+        assert f"results/{toy_inputs[method].name}" in cols[2 + len(CELLS)]
         assert cols[-1] == result.perserbench_version
-        overall[method] = np.mean([head[k].mean for k in cells])
-    ranked = sorted((m for m in overall if m not in CEILING_METHODS), key=lambda m: -overall[m])
-    assert [rows[m][0] for m in ranked] == [str(i + 1) for i in range(len(ranked))]
-    assert rows["oracle"][0] == "" and rows["oracle"][1] == "oracle (ceiling)"
-    # the ceiling row comes last, after every ranked method
-    order = [line.split("|")[2].strip().split(" ")[0] for line in readme.splitlines() if line.startswith("| ")]
-    assert order.index("oracle") > max(order.index(m) for m in ranked)
+        overall[method] = np.mean([head[k].mean for k in CELLS])
+    assert [row[1] for row in ranked[1:]] == sorted(RANKED, key=lambda m: -overall[m])
+    assert [row[0] for row in ranked[1:]] == [str(i + 1) for i in range(len(RANKED))]
 
 
 class _Page(HTMLParser):
@@ -306,6 +593,8 @@ class _Page(HTMLParser):
         self._select: str | None = None
         self.links: list[str] = []
         self.external: list[str] = []
+        self.headings: list[str] = []
+        self._h4 = False
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -320,22 +609,33 @@ class _Page(HTMLParser):
             self.selects[self._select].append(a["value"])
         elif tag == "a":
             self.links.append(a["href"])
+        elif tag == "h4":
+            self._h4 = True
+            self.headings.append("")
         if tag in {"script", "link", "img"} and (a.get("src") or a.get("href") or "").startswith(("http", "//")):
             self.external.append(tag)
+
+    def handle_data(self, data):
+        if self._h4:
+            self.headings[-1] += data
 
     def handle_endtag(self, tag):
         if tag == "select":
             self._select = None
+        elif tag == "h4":
+            self._h4 = False
 
 
 def test_html_is_self_contained_with_tables_selectors_and_png_figures(tmp_path, toy_inputs):
-    board = _board(tmp_path, toy_inputs)
+    board = _board(tmp_path, toy_inputs, RANKED + REFERENCES + ("control",))
     page = _Page()
     page.feed(build(board, TaskResolver(toy_inputs["tasks"]))["index.html"])
-    assert page.tables == 4  # one per (scenario, K) of the toy task
+    # per (scenario, K) of the toy task: ranked methods, ceiling / references, personalization gain
+    assert page.tables == 3 * len(CELLS)
+    assert [h.split(" (")[0] for h in page.headings] == ["Ceiling / references", "Personalization gain"] * len(CELLS)
     assert page.selects == {"task": ["toy"], "scenario": ["seen", "unseen"], "shots": ["1", "5"]}
     assert not page.external
-    # 4 critical-difference diagrams (3 ranked methods) + 2 score-vs-shots plots
+    # 4 critical-difference diagrams (4 ranked methods) + 2 score-vs-shots plots
     assert len(page.images) == 6
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
@@ -350,18 +650,25 @@ def test_empty_board_builds(tmp_path, toy_inputs):
 
 
 def test_html_renders_in_headless_chromium(tmp_path, toy_inputs):
-    browser = pytest.importorskip("browser", reason="tests/browser.py (headless chromium helper) is missing")
-    board = _board(tmp_path, toy_inputs)
-    write = build(board, TaskResolver(toy_inputs["tasks"]))
-    for name, text in write.items():
-        (board / name).write_text(text)
-    shot = browser.screenshot(board / "index.html", tmp_path / "board.png")
+    import browser
     from PIL import Image
 
+    board = _board(tmp_path, toy_inputs, RANKED + REFERENCES + ("control",))
+    for name, text in build(board, TaskResolver(toy_inputs["tasks"])).items():
+        (board / name).write_text(text)
+    check = browser.check_page(board / "index.html")
+    assert check.errors == [] and check.broken_images == []
+    shot = browser.screenshot(board / "index.html", tmp_path / "board.png")
     image = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert image.std() > 10, "screenshot is blank"
 
 
 def test_committed_leaderboard_is_valid_and_current():
-    """What CI runs: the committed board must rebuild byte-identically from its result files."""
-    check_board(REPO / "leaderboard", TaskResolver(REPO / "perserbench" / "tasks"))
+    """What CI runs: the committed board must rebuild byte-identically from its result files,
+    every result valid under the current rules (schema, audit, ceiling); and the synthetic
+    task must carry its oracle ceiling, or the ceiling check would guard nothing."""
+    board = REPO / "leaderboard"
+    resolver = TaskResolver(tasks_dir())
+    check_board(board, resolver)
+    synthetic = load_board(board, resolver).tasks["synthetic"]
+    assert "oracle" in synthetic.methods("reference") and "oracle" not in synthetic.methods()

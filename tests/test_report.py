@@ -1,6 +1,8 @@
 """``perserbench compare``: a report built from result files the runner produced on the tiny
-``toy`` task (conftest.py); refusals of incomparable results; copy/shift behaviour at the report
-level; seed merging; the HTML page in headless chromium."""
+``toy`` task (conftest.py) and a second toy task; refusals of incomparable results; copy/shift
+behaviour at the report level; seed merging; references and other-listener controls kept out
+of ranks and tests; headroom and personalization gain; Friedman blocks that are independent
+(tasks, or listeners within a cell); the HTML page in headless chromium."""
 
 from __future__ import annotations
 
@@ -38,6 +40,13 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     for seed in (0, 1):
         files[f"consensus-s{seed}"] = write_result(run("consensus", task, [1, 5], seeds=[seed], config_overrides=FAST),
                                                    root / f"seed{seed}")
+    # a second task on another draw of the toy corpus (other features, other episodes)
+    (root / "toy-b.toml").write_text(TOY_TASK.replace('name = "toy"', 'name = "toy-b"', 1)
+                                     .replace('labels = ["a", "b", "c"]', 'labels = ["a", "b", "c"]\noptions = { seed = 1 }')
+                                     .replace("seed = 7", "seed = 8"))
+    task_b = load_task(root / "toy-b.toml")
+    for method, overrides in (("consensus", FAST), ("label-prior", None), ("label-support", None)):
+        files[f"{method}-b"] = write_result(run(method, task_b, [1, 5], config_overrides=overrides), root / "second")
     return files
 
 
@@ -45,6 +54,14 @@ def _variant(result: RunResult, name: str, shift: float = 0.0, metric: str = "ma
     """A copy of ``result`` under another method name with ``shift`` added to every episode."""
     out = dataclasses.replace(result, method={**result.method, "name": name})
     out.episodes = [dataclasses.replace(r, **{metric: getattr(r, metric) + shift}) for r in result.episodes]
+    return out
+
+
+def _constant(result: RunResult, name: str, value: float, **method: object) -> RunResult:
+    """``result``'s episodes with a constant macro-F1, filed under method ``name`` (and the
+    other ``method`` fields given, e.g. ``reference=True``)."""
+    out = dataclasses.replace(result, method={**result.method, "name": name, **method})
+    out.episodes = [dataclasses.replace(r, macro_f1=value) for r in result.episodes]
     return out
 
 
@@ -59,18 +76,20 @@ def _one_line_error(code: int, err: str) -> str:
 
 def test_compare_writes_a_complete_report_from_runner_results(runs, tmp_path, cli):
     out = tmp_path / "report"
-    code, stdout, err = cli("compare", runs["consensus"].parent, "--out", out)
+    code, stdout, err = cli("compare", runs["consensus"].parent, runs["consensus-b"].parent, "--out", out)
     assert code == 0, err
-    assert "consensus" in stdout and "label-support" in stdout and "Friedman across 4 cells" in stdout
+    assert "consensus" in stdout and "label-support" in stdout and "Friedman across 2 tasks" in stdout
     assert sorted(p.name for p in out.iterdir()) == ["figures", "report.html", "report.json", "report.md"]
-    # shots curves per scenario, CD across cells, one CD per cell (3 methods, 6 listeners)
+    # shots curves per task and scenario, CD across tasks, one CD per cell (3 methods, 6 listeners)
     figures = sorted(p.name for p in (out / "figures").iterdir())
-    assert figures == ["cd-overall.png", "cd-toy-seen-1.png", "cd-toy-seen-5.png", "cd-toy-unseen-1.png",
-                       "cd-toy-unseen-5.png", "shots-toy-seen.png", "shots-toy-unseen.png"]
+    cells = [f"{t}-{s}-{k}" for t in ("toy", "toy_b") for s in ("seen", "unseen") for k in (1, 5)]
+    assert figures == sorted(["cd-overall.png"] + [f"cd-{c}.png" for c in cells]
+                             + [f"shots-{t}-{s}.png" for t in ("toy", "toy_b") for s in ("seen", "unseen")])
     md = (out / "report.md").read_text()
     for name in re.findall(r"\]\(figures/([^)]+)\)", md):
         assert (out / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## Summary — toy" in md and "## Pairwise comparisons — toy · unseen · K=5" in md
+    assert "## Ranks across tasks (Friedman / Nemenyi)" in md
     page = (out / "report.html").read_text()
     sources = re.findall(r'<img [^>]*src="([^"]+)"', page)
     assert len(sources) == len(figures) and all(s.startswith("data:image/png;base64,") for s in sources)
@@ -80,7 +99,9 @@ def test_compare_writes_a_complete_report_from_runner_results(runs, tmp_path, cl
 
     doc = json.loads((out / "report.json").read_text())
     assert doc["seeds"] == {"consensus": [0, 1], "label-prior": [0], "label-support": [0]}
-    assert len(doc["cells"]) == 4 and all(len(c["pairs"]) == 3 for c in doc["cells"])
+    assert len(doc["cells"]) == 8 and all(len(c["pairs"]) == 3 and c["gains"] == [] for c in doc["cells"])
+    assert doc["overall_blocks"] == [{"task": t, "cells": [["seen", 1], ["seen", 5], ["unseen", 1], ["unseen", 5]]}
+                                     for t in ("toy", "toy-b")]
 
 
 def test_report_numbers_recompute_from_the_result_files(runs):
@@ -114,7 +135,8 @@ def test_report_numbers_recompute_from_the_result_files(runs):
             if m != "consensus":
                 pc = next(p for p in cell.pairs if {p.a, p.b} == {m, "consensus"})
                 assert bool(cell.methods[m].vs_reference) == (pc.p_holm <= 0.05)
-    assert an.overall is not None and an.overall.n_blocks == 4
+    # the cells of one task share listeners and episodes: they are never the blocks of a Friedman test
+    assert an.overall is None and "not independent blocks" in an.overall_note
 
 
 def test_report_is_deterministic(runs, tmp_path):
@@ -216,6 +238,112 @@ def test_other_metric_and_two_methods_only(runs, tmp_path, cli):
     assert next(m for m in cell["methods"] if m["label"] == "label-prior")["mean"] == pytest.approx(s.mean)
 
 
+# ----------------------------------------------------------------------- roles, headroom, gains, blocks
+
+
+def _with_roles(runs) -> tuple[list[tuple[str, RunResult]], dict[str, RunResult]]:
+    """Three ranked methods, the oracle (0.95 everywhere) and a personal reference (0.30,
+    below consensus) as references, and label-prior's numbers filed as label-support's
+    other-listener control."""
+    r = {m: load_result(runs[m]) for m in ("consensus", "label-prior", "label-support")}
+    r["oracle"] = _constant(r["label-support"], "oracle", 0.95, reference=True)
+    r["personal"] = _constant(r["label-support"], "personal", 0.30, reference=True)
+    r["control"] = dataclasses.replace(r["label-prior"], method={**r["label-support"].method, "control": "other-listener"})
+    return [(name, result) for name, result in r.items()], r
+
+
+def test_references_and_controls_are_shown_apart_never_ranked_or_tested(runs, tmp_path):
+    results, _ = _with_roles(runs)
+    an = analyse(combine(results))
+    control = "label-support (other-listener)"
+    assert {m.label: m.role for m in an.data.methods.values()} == {
+        "consensus": "ranked", "label-prior": "ranked", "label-support": "ranked", "oracle": "reference",
+        "personal": "reference", control: "control"}
+    for cell in an.cells:
+        assert {x for p in cell.pairs for x in (p.a, p.b)} == {"consensus", "label-prior", "label-support"}
+        assert len(cell.pairs) == 3 and cell.friedman.methods == ["consensus", "label-prior", "label-support"]
+        for label in ("oracle", "personal", control):
+            m = cell.methods[label]
+            assert not m.best and m.marks == "" and m.headroom == {}
+        assert cell.methods["oracle"].mean == pytest.approx(0.95)
+    write_report(an, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    summary = md.split("## Summary — toy")[1].split("###")[0]
+    assert "oracle" not in summary and "personal" not in summary and "other-listener" not in summary
+    references = md.split("### Ceiling / references — toy")[1].split("###")[0]
+    assert "| oracle | 0.950 [0.950, 0.950]" in references and "| personal | 0.300 [0.300, 0.300]" in references
+
+
+def test_headroom_captured_is_computed_from_the_cell_means(runs, tmp_path):
+    results, _ = _with_roles(runs)
+    an = analyse(combine(results))
+    for cell in an.cells:
+        base = cell.methods["consensus"].mean
+        assert base > 0.30  # so the personal "ceiling" leaves nothing to capture
+        for label in ("label-prior", "label-support"):
+            m = cell.methods[label]
+            assert m.headroom == {"oracle": pytest.approx((m.mean - base) / (0.95 - base)), "personal": None}
+        assert cell.methods["consensus"].headroom == {}
+    write_report(an, tmp_path)
+    doc = json.loads((tmp_path / "report.json").read_text())
+    cell = doc["cells"][0]
+    prior = next(m for m in cell["methods"] if m["label"] == "label-prior")
+    assert prior["headroom"]["personal"] is None and prior["headroom"]["oracle"] == pytest.approx(
+        an.cells[0].methods["label-prior"].headroom["oracle"])
+    table = (tmp_path / "report.md").read_text().split("### Headroom captured — toy")[1].split("###")[0]
+    row = next(line for line in table.splitlines() if line.startswith("| label-prior | oracle |"))
+    assert row.split("|")[3].strip() == f"{100 * an.cells[0].methods['label-prior'].headroom['oracle']:.0f}%"
+    assert "| label-prior | personal | — | — | — | — |" in table
+
+
+def test_personalization_gain_is_own_minus_control_paired_over_listeners(runs, tmp_path):
+    results, r = _with_roles(runs)
+    an = analyse(combine(results))
+    def per_listener(result: RunResult, scenario: str, k: int) -> np.ndarray:
+        rows = sorted((x for x in result.listeners if (x.scenario, x.shots) == (scenario, k)), key=lambda x: x.listener)
+        return np.array([x.macro_f1 for x in rows])
+
+    for cell in an.cells:
+        (gain,) = cell.gains
+        own, other = per_listener(r["label-support"], *cell.key[1:]), per_listener(r["control"], *cell.key[1:])
+        assert (gain.a, gain.b) == ("label-support", "label-support (other-listener)")
+        assert gain.mean_diff == pytest.approx(np.mean(own - other))
+        assert gain.p_value == pytest.approx(1.0 if np.allclose(own, other) else sps.wilcoxon(own, other).pvalue)
+        assert gain.p_holm == pytest.approx(gain.p_value)  # the only gain of its cell
+    write_report(an, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "### Personalization gain — toy" in md and "### Personalization gain — toy · unseen · K=5" in md
+    assert len(json.loads((tmp_path / "report.json").read_text())["cells"][0]["gains"]) == 1
+
+
+def test_a_control_without_its_own_method_has_no_gain(runs):
+    results, _ = _with_roles(runs)
+    an = analyse(combine([(n, x) for n, x in results if n != "label-support"]))
+    assert all(cell.gains == [] for cell in an.cells)
+
+
+def test_unknown_control_value_is_refused(runs, tmp_path, cli):
+    bad = load_result(runs["label-prior"])
+    bad.method["control"] = "someone-else"
+    path = save_result(bad, tmp_path / "bad.json")
+    code, _, err = cli("compare", runs["consensus"], path, "--out", tmp_path / "out")
+    assert "method.control is 'someone-else'" in _one_line_error(code, err)
+
+
+def test_friedman_across_tasks_scores_each_task_by_the_mean_over_its_cells(runs):
+    main, second = runs["consensus"].parent, runs["consensus-b"].parent
+    an = analyse(load_comparison([main, second]))
+    ranked = ["consensus", "label-prior", "label-support"]
+    assert an.overall.methods == ranked and an.overall.n_blocks == 2
+    expected = np.array([[np.mean([c.methods[m].mean for c in an.cells if c.key[0] == task]) for m in ranked]
+                         for task in ("toy", "toy-b")])
+    assert an.overall_scores == pytest.approx(expected)
+    assert an.overall.p_value == pytest.approx(sps.friedmanchisquare(*expected.T).pvalue)
+    # a method missing from a task's cells leaves that task out rather than mixing cells in
+    partial = analyse(load_comparison([main, runs["consensus-b"], runs["label-prior-b"]]))
+    assert partial.overall is None and "2 tasks" in partial.overall_note
+
+
 # ----------------------------------------------------------------------- the browser
 
 
@@ -224,10 +352,13 @@ def test_html_report_renders_in_headless_chromium(runs, tmp_path):
     from PIL import Image
 
     out = tmp_path / "report"
-    write_report(analyse(load_comparison([runs["consensus"].parent])), out)
+    results, _ = _with_roles(runs)
+    results += [(str(p), load_result(p)) for p in sorted(runs["consensus-b"].parent.iterdir())]
+    write_report(analyse(combine(results)), out)
     check = browser.check_page(out / "report.html")
     assert check.errors == []
-    assert len(check.images) == 7 and check.broken_images == []
+    # 8 cells' CD diagrams, 4 shots curves, the CD diagram across the 2 tasks
+    assert len(check.images) == 13 and check.broken_images == []
     assert all(i["width"] > 100 and i["height"] > 100 for i in check.images)
     shot = browser.screenshot(out / "report.html", tmp_path / "report.png")
     image = np.asarray(Image.open(shot).convert("L"), dtype=float)

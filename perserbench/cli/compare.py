@@ -17,20 +17,26 @@ console = Console()
 
 def summary_table(an: object) -> Table:
     """Rich version of the report's summary, transposed to fit a terminal: one row per cell
-    (task, scenario, K), one column per method; mean with its marks, and the 95% CI to two
-    decimals underneath (the report files carry three)."""
-    from perserbench.report import REFERENCE, Analysis
+    (task, scenario, K), one column per ranked method then per reference; mean with its
+    marks, and the 95% CI to two decimals underneath (the report files carry three). Controls
+    appear only as gains, in the report files."""
+    from perserbench.report import Analysis
+    from perserbench.roles import BASELINE
 
     assert isinstance(an, Analysis)
     table = Table(title=f"{an.data.metric}: mean over test listeners, 95% CI below\n"
-                        f"(bold best; ▲/▼ vs {REFERENCE}; † worse than best; Holm, α={an.alpha})",
+                        f"(bold best; ▲/▼ vs {BASELINE}; † worse than best; Holm, α={an.alpha}; ref. = reference, "
+                        "never ranked)",
                   box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("cell", no_wrap=True)
-    for label in an.data.methods:
-        table.add_column(label, justify="right", no_wrap=True)
+    roles = {"ranked": "", "reference": " (ref.)"}
+    columns = [(label, suffix) for role, suffix in roles.items()
+               for label, m in an.data.methods.items() if m.role == role]
+    for label, suffix in columns:
+        table.add_column(label + suffix, justify="right", no_wrap=True)
     for c in an.cells:
         row = [f"{c.key[0]} {c.key[1]} K={c.key[2]}" if len(an.data.tasks) > 1 else f"{c.key[1]} K={c.key[2]}"]
-        for label in an.data.methods:
+        for label, _ in columns:
             mc = c.methods.get(label)
             if mc is None:
                 row.append("—")
@@ -63,7 +69,7 @@ def compare_command(
     if an.overall is not None:
         res = an.overall
         order = sorted(range(len(res.methods)), key=lambda i: res.avg_ranks[i])
-        console.print(f"Friedman across {res.n_blocks} cells: χ²_F = {res.chi2:.3f}, p = {res.p_value:.4g}; "
+        console.print(f"Friedman across {res.n_blocks} tasks: χ²_F = {res.chi2:.3f}, p = {res.p_value:.4g}; "
                       f"Iman–Davenport p = {res.iman_davenport_p:.4g}; CD = {res.cd:.3f}; ranks: "
                       + ", ".join(f"{res.methods[i]} {res.avg_ranks[i]:.2f}" for i in order))
     else:

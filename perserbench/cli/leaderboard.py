@@ -18,10 +18,11 @@ leaderboard_app = typer.Typer(
 app.add_typer(leaderboard_app, name="leaderboard")
 
 BoardOption = Annotated[Path | None, typer.Option(
-    "--board", help="Leaderboard directory (holds results/, README.md, index.html). "
-    "Default: $PERSERBENCH_LEADERBOARD or leaderboard/ of the checkout.")]
+    "--board", help="Leaderboard folder (holds results/, README.md, index.html). "
+    "Default: $PERSERBENCH_LEADERBOARD, else ./leaderboard in the current directory.")]
 TasksOption = Annotated[Path | None, typer.Option(
-    "--tasks", help="Folder of task specs to validate against. Default: $PERSERBENCH_TASKS or tasks/.")]
+    "--tasks", help="Folder of task specs to validate against. "
+    "Default: $PERSERBENCH_TASKS, else the task specs installed with perserbench.")]
 RootOption = Annotated[Path | None, typer.Option("--root", help="Corpus root directory (real corpora).")]
 
 
@@ -29,12 +30,6 @@ def _resolver(tasks: Path | None, root: Path | None):
     from perserbench.leaderboard import TaskResolver
 
     return TaskResolver(tasks, {"root": str(root)} if root else None)
-
-
-def _board(board: Path | None) -> Path:
-    from perserbench.leaderboard import default_board_dir
-
-    return board if board is not None else default_board_dir()
 
 
 @leaderboard_app.command("validate")
@@ -61,10 +56,12 @@ def submit_command(
     root: RootOption = None,
     replace: Annotated[bool, typer.Option("--replace", help="Overwrite a board file of the same name.")] = False,
 ) -> None:
-    """Validate result files and copy them to <board>/results/ under their canonical names."""
-    from perserbench.leaderboard import submit
+    """Validate result files and copy them to <board>/results/ under their canonical names
+    (a --board folder that does not exist yet is created; the default board must exist)."""
+    from perserbench.leaderboard import existing_board_dir, submit
 
-    for path in submit(results, _board(board), _resolver(tasks, root), replace=replace):
+    directory = board if board is not None else existing_board_dir(None)
+    for path in submit(results, directory, _resolver(tasks, root), replace=replace):
         console.print(f"submitted {path}")
     console.print("now run `perserbench leaderboard build` and commit the leaderboard folder")
 
@@ -78,9 +75,9 @@ def build_command(
     root: RootOption = None,
 ) -> None:
     """Render README.md and index.html from the validated files in <board>/results/ only."""
-    from perserbench.leaderboard import check_board, result_files, write_board
+    from perserbench.leaderboard import check_board, existing_board_dir, result_files, write_board
 
-    directory = _board(board)
+    directory = existing_board_dir(board)
     if check:
         check_board(directory, _resolver(tasks, root))
         console.print(f"leaderboard {directory} is up to date ({len(result_files(directory))} result files)")
