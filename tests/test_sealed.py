@@ -293,3 +293,26 @@ def test_other_listener_control_adapts_on_a_partner_and_scores_the_own_query(toy
     from perserbench.runner import result_filename
 
     assert result_filename(other).endswith("__ctl-other.json") and not result_filename(own).endswith("ctl-other.json")
+
+
+def test_run_prints_headroom_captured_from_the_baseline_and_ceiling_in_its_out_folder(toy, tmp_path):
+    import dataclasses
+
+    from perserbench.cli.run import headroom_line
+    from perserbench.runner import write_result
+
+    result = run("label-support", toy, [1, 5], ["unseen"])
+    assert "run consensus and a ceiling" in headroom_line(result, tmp_path)
+
+    def shifted(name: str, to: float, reference: bool):
+        summary = [dataclasses.replace(r, mean=to) for r in result.summary]
+        return dataclasses.replace(result, summary=summary, method={**result.method, "name": name,
+                                                                   "reference": reference})
+
+    write_result(shifted("consensus", 0.5, False), tmp_path)
+    write_result(shifted("oracle", 0.9, True), tmp_path)
+    score = {r.shots: r.mean for r in result.summary if r.metric == "macro_f1"}
+    line = headroom_line(result, tmp_path)
+    assert line.startswith("headroom captured (of oracle − consensus)")
+    for k in (1, 5):
+        assert f"unseen K={k} {(score[k] - 0.5) / 0.4:+.0%}" in line

@@ -105,7 +105,41 @@ def run_command(
                       corpus_options(root, corpus_option, option), progress=True, control=control)
     path = write_result(result, out)
     console.print(result_table(result))
+    console.print(headroom_line(result, out))
     console.print(f"wrote {path}  ({result.wall_time_s:.1f} s)")
+
+
+def headroom_line(result: RunResult, out: Path) -> str:
+    """Headroom captured per (scenario, K), ``(method − consensus) / (ceiling − consensus)``,
+    from the ``consensus`` and ceiling results (oracle, personal) of the same task, split and
+    seeds found in ``out``; or how to get them. A gain means little without its ceiling."""
+    from perserbench.results import load_result
+    from perserbench.roles import BASELINE, CEILINGS, headroom
+
+    def means(r: RunResult) -> dict[tuple[str, int], float]:
+        return {(x.scenario, x.shots): x.mean for x in r.summary if x.metric == "macro_f1"}
+
+    found: dict[str, dict[tuple[str, int], float]] = {}
+    for candidate in sorted(Path(out).glob("*.json")):
+        try:
+            other = load_result(candidate)
+        except PerserbenchError:
+            continue
+        if (other.task["hash"] == result.task["hash"] and other.seeds == result.seeds
+                and other.method.get("control", "own") == "own"
+                and other.method_name in (BASELINE, *CEILINGS)):
+            found.setdefault(other.method_name, {}).update(means(other))
+    ceilings = [c for c in CEILINGS if c in found]
+    if result.is_reference or result.method_name == BASELINE or BASELINE not in found or not ceilings:
+        return (f"[dim]headroom captured: run consensus and a ceiling (oracle on synthetic tasks, personal on any) "
+                f"with --out {out} to see it[/dim]")
+    parts = []
+    for cell, score in sorted(means(result).items()):
+        values = [headroom(score, found[BASELINE][cell], found[c][cell]) for c in ceilings
+                  if cell in found[BASELINE] and cell in found[c]]
+        shown = "/".join("n/a" if v is None else f"{v:+.0%}" for v in values)
+        parts.append(f"{cell[0]} K={cell[1]} {shown}")
+    return f"headroom captured (of {'/'.join(ceilings)} − consensus): " + ", ".join(parts)
 
 
 @app.command("methods")

@@ -91,9 +91,11 @@ def submit(paths: Sequence[Path], board_dir: Path, resolver: TaskResolver, repla
     and against the ceiling — before any is copied, so a refused batch leaves the board
     unchanged.
     """
+    from perserbench.outputs import check_output_dir
     from perserbench.runner import result_filename
 
     results_dir = Path(board_dir) / RESULTS_DIR
+    check_output_dir(results_dir, "--board")  # an unwritable board fails before any validation
     on_board = _board_results(board_dir)
     owners: dict[tuple[str, str, bool, str, int], str] = {}
     for name, (path, result) in on_board.items():

@@ -48,6 +48,7 @@ class TaskInfo:
     scenarios: tuple[str, ...]
     shots: tuple[int, ...]
     required: dict[EpisodeKey, tuple[int, int]]
+    development: bool = False
 
 
 class TaskResolver:
@@ -84,7 +85,7 @@ class TaskResolver:
             raise PerserbenchError(f"{source}: task {name!r} cannot be resolved: {exc}") from None
         spec = task.spec
         return TaskInfo(spec.name, spec.version, task_hash, tuple(spec.episodes.scenarios),
-                        tuple(spec.episodes.shots), required)
+                        tuple(spec.episodes.shots), required, spec.is_development)
 
 
 def validate_result(path: Path, resolver: TaskResolver) -> RunResult:
@@ -99,6 +100,11 @@ def validate_result(path: Path, resolver: TaskResolver) -> RunResult:
     check_reference_flag(result, src)
     check_audit(result, src)
     info = resolver.get(result.task_name, src)
+    if info.development:
+        raise PerserbenchError(
+            f"{src}: task {info.name!r} is a development task (defaults are tuned on it); it is never on the "
+            "board — run the method on a benchmark task"
+        )
     if result.task["hash"] != info.hash:
         version_note = (f"task version {result.task['version']} in the file, {info.version} in "
                         f"{resolver.tasks_dir}" if result.task["version"] != info.version else
