@@ -65,7 +65,7 @@ def test_register_requires_a_method_subclass_and_unique_names():
 def test_methods_command_lists_configs():
     result = CliRunner().invoke(app, ["methods"])
     assert result.exit_code == 0
-    assert "consensus" in result.output and "epochs" in result.output and "30" in result.output
+    assert "consensus" in result.output and "epochs" in result.output and "0.527/0.533/0.528" in result.output
 
 
 def test_constructor_does_no_work():
