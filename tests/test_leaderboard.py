@@ -70,22 +70,8 @@ class ToyTruth(Method):
 FAST = {"epochs": "2"}
 
 
-def _filename(result: RunResult) -> str:
-    """The runner's canonical name, with the ``__ctl-other`` suffix of other-listener controls
-    (issue 13) added where the runner does not add it yet; a no-op once it does."""
-    name = result_filename(result)
-    if result.method.get("control") == "other-listener" and "__ctl-other" not in name:
-        name = name.removesuffix(".json") + "__ctl-other.json"
-    return name
-
-
-@pytest.fixture(autouse=True)
-def _control_names(monkeypatch):
-    monkeypatch.setattr("perserbench.runner.result_filename", _filename)
-
-
 def _save(result: RunResult, folder: Path) -> Path:
-    return save_result(result, folder / _filename(result))
+    return save_result(result, folder / result_filename(result))
 
 
 def _rederive(result: RunResult, episodes: list) -> RunResult:
@@ -175,7 +161,7 @@ def test_generated_results_validate_and_submit_copies_them_byte_for_byte(tmp_pat
     code, _, err = cli("leaderboard", "submit", *sources, "--board", board, "--tasks", toy_inputs["tasks"])
     assert code == 0, err
     placed = sorted((board / "results").iterdir())
-    assert [p.name for p in placed] == sorted(_filename(load_result(s)) for s in sources)
+    assert [p.name for p in placed] == sorted(result_filename(load_result(s)) for s in sources)
     for source in sources:
         assert (board / "results" / source.name).read_bytes() == source.read_bytes()
     # resubmitting the same file is a no-op; it is refused only when the content differs

@@ -38,10 +38,9 @@ EMBED_PARAMS = ("layer_logits", "hidden.weight", "hidden.bias")
 class ProtonetConfig:
     init: str = _doc("consensus", "start the embedding from the consensus model's trunk: it already separates "
                                   "emotions; 'random' = a fresh trunk", choices=("consensus", "random"))
-    meta_epochs: int = _doc(10, "10 x 40 = 400 episodic steps. Validation split of meta-train listeners "
-                                "(folds 0+1, mean macro-F1 over K=1,5,10,20; consensus 0.441): meta_epochs "
-                                "3 -> 0.480, 10 -> 0.482, a tie; kept at 10 (prototypes do not over-fit like "
-                                "MAML's inner loop, and one fold still trains in seconds)", ge=0)
+    meta_epochs: int = _doc(10, "10 x 40 = 400 episodic steps. synthetic-dev (mean macro-F1 over 8 cells; "
+                                "consensus 0.533): meta_epochs 3/10 -> 0.522/0.522, a tie, both below consensus "
+                                "at K=5 (0.495-0.508: too few support items per class for prototypes)", ge=0)
     steps_per_epoch: int = _doc(40, "outer steps per epoch", ge=1)
     meta_batch: int = _doc(8, "listener episodes per step, as maml", ge=1)
     support: int = _doc(10, "support items per training episode: prototypes need both positives and "
