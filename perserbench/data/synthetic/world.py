@@ -1,0 +1,94 @@
+"""The world every synthetic corpus shares: utterances, their latent emotion states, features.
+
+Why separate from perception: the generators (:mod:`.styles`, :mod:`.confusion`,
+:mod:`.prior_shift`) differ only in how listeners turn an utterance's latent state into labels.
+Drawing the world first, from the same seeded stream, gives every generator the same audio for
+a seed, so a difference between two generators' tasks is a difference of perception alone.
+
+1. **Utterances.** Five sessions × two speakers (F, M), like IEMOCAP. Each utterance has an
+   intended emotion (IEMOCAP-like class prior), an intensity, and a latent emotion state
+   ``z = intensity · prototype[emotion] + ambiguity noise``. Prototypes of related classes
+   overlap (angry~frustrated, happy~excited, neutral~sad), which is where listeners disagree.
+2. **Features** ``[N, 3 layers, 768]``: a fixed random nonlinear map of ``z`` and of nuisance
+   factors, plus a per-speaker offset (so held-out speakers are a real domain shift) and
+   per-layer noise (the middle layer is the most informative, as in SSL upstreams).
+
+Listeners see an utterance through ``similarity = SCORE_SCALE · z · prototypesᵀ`` [N, C], the
+evidence for each class; features are a noisy function of ``z``, so no method sees more of an
+utterance than the listener models do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from perserbench.data.corpus import Utterance
+
+LABELS = ("neutral", "happy", "sad", "angry", "frustrated", "excited")
+NEUTRAL, HAPPY, SAD, ANGRY, FRUSTRATED, EXCITED = range(len(LABELS))
+# IEMOCAP-like prior of intended emotions (frustration and neutral dominate, happy is rare).
+CLASS_PRIOR = np.array([0.24, 0.08, 0.14, 0.13, 0.24, 0.17])
+SESSIONS = 5
+UTTERANCES_PER_SPEAKER = 240  # 5 sessions × 2 speakers × 240 = 2400 utterances
+LAYERS, DIM, HIDDEN, NUISANCE = 3, 768, 48, 8
+LAYER_NOISE = (0.6, 0.3, 0.45)  # the middle layer is the cleanest
+SPEAKER_OFFSET = 0.3
+SCORE_SCALE = 7.0  # sharpness of perception; the main knob of agreement (kappa)
+AMBIGUITY = 0.3  # spread of the latent state around its intended prototype
+# Pairs of classes whose prototypes overlap (and weight of the overlap).
+RELATED = ((HAPPY, EXCITED, 0.6), (ANGRY, FRUSTRATED, 0.6), (NEUTRAL, SAD, 0.4), (NEUTRAL, FRUSTRATED, 0.3))
+
+
+def prototypes() -> np.ndarray:
+    """Unit class prototypes in a 6-d emotion space; related classes overlap."""
+    p = np.eye(len(LABELS))
+    for a, b, w in RELATED:
+        p[a, b] = p[b, a] = w
+    return p / np.linalg.norm(p, axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class World:
+    """The utterances of one seed and what listeners and methods can know of them."""
+
+    utterances: tuple[Utterance, ...]
+    emotion: np.ndarray  # int [N]: intended emotion
+    similarity: np.ndarray  # [N, C]: evidence for each class (what listener models read)
+    features: np.ndarray  # float32 [N, LAYERS, DIM]: what methods read
+
+
+def draw_world(rng: np.random.Generator) -> World:
+    """Utterances, latent states and features, drawn first from the corpus's stream (the
+    order of draws is part of the corpus: changing it changes every seed's corpus)."""
+    protos = prototypes()
+    c = len(LABELS)
+
+    utterances, speaker_index = [], []
+    speakers = [f"Ses{s:02d}_{g}" for s in range(1, SESSIONS + 1) for g in "FM"]
+    for k, spk in enumerate(speakers):
+        for i in range(UTTERANCES_PER_SPEAKER):
+            duration = float(np.round(rng.gamma(4.0, 1.1) + 0.8, 2))
+            utterances.append(Utterance(f"{spk}_{i:04d}", spk, spk[:5], None, duration))
+            speaker_index.append(k)
+    n = len(utterances)
+    speaker_index = np.asarray(speaker_index)
+
+    emotion = rng.choice(c, size=n, p=CLASS_PRIOR)
+    intensity = rng.uniform(0.6, 1.4, size=n)
+    z = intensity[:, None] * protos[emotion] + AMBIGUITY * rng.normal(size=(n, c))
+    similarity = SCORE_SCALE * (z @ protos.T)
+
+    # Features: fixed random nonlinear map of (z, nuisance) + speaker offset + layer noise.
+    nuisance = rng.normal(size=(n, NUISANCE))
+    w_in = rng.normal(size=(c + NUISANCE, HIDDEN)) / np.sqrt(c + NUISANCE)
+    w_in[c:] *= 0.6  # nuisance factors are weaker than emotion
+    hidden = np.tanh(np.concatenate([z, nuisance], axis=1) @ w_in * 1.5)
+    offsets = SPEAKER_OFFSET * rng.normal(size=(len(speakers), LAYERS, DIM))
+    features = np.empty((n, LAYERS, DIM), dtype=np.float32)
+    for layer in range(LAYERS):
+        w_out = rng.normal(size=(HIDDEN, DIM)) / np.sqrt(HIDDEN)
+        noise = LAYER_NOISE[layer] * rng.normal(size=(n, DIM))
+        features[:, layer] = hidden @ w_out + offsets[speaker_index, layer] + noise
+    return World(tuple(utterances), emotion, similarity, features)
