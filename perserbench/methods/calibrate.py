@@ -1,0 +1,251 @@
+"""``calibrate``: personalization as a small listener-specific transform of the consensus
+model's logits, fitted by MAP under an empirical-Bayes prior (issue 14, item 1).
+
+A listener mostly differs from the consensus in *how they map* what they hear to labels (one
+says "frustrated" where others say "angry", one rarely says "neutral"), not in what the audio
+contains. So the consensus model stays frozen and each listener gets
+
+    logits' = M · logits + b,   M = I + Δ  (C×C class mixing),  b  (C per-class biases),
+
+``C² + C`` numbers instead of a whole head, identity at θ = (Δ, b) = 0. Class ``c``'s row
+``θ_c = [Δ_c | b_c]`` is a logistic regression on the features ``[logits, 1]``, so every fit
+is convex and separates into one small problem per class.
+
+**Prior (empirical Bayes).** ``meta_fit`` trains the consensus model
+(:func:`~perserbench.methods.consensus.train_consensus`), fits every meta-train listener's
+transform on that listener's own training labels and sets a Gaussian prior per parameter from
+those fits. It is EM on the hierarchical model with a Laplace posterior per listener: listener
+fits are MAP under the current prior, the prior mean is their mean, the prior variance their
+spread *plus* their posterior variances (a listener with few labels does not inflate it),
+floored at ``min_prior_std²`` so a dozen meta-train listeners cannot pin a parameter.
+
+**Adaptation.** The MAP transform on the K support items (BCE + the prior's negative
+log-density) by damped Newton steps from the prior mean. Each (listener, class) problem is
+solved on its own to convergence in float64, batched over the listeners of one
+``adapt_many`` call with no coupling, so the batched result equals each listener fitted alone
+(the runner's independence audit) and is deterministic. With K=1 the prior dominates and the
+transform stays at the population solution.
+
+**Prediction.** The posterior predictive, not the plug-in MAP: the Laplace posterior's
+variance ``v`` of each logit shrinks it (MacKay's probit approximation ``s/√(1 + πv/8)``), so
+an uncertain personal transform is trusted less. Rare emotions are balanced at the *decision*:
+``decision_shift · log w_c`` is added to the logits, ``w`` = negatives/positives of class ``c``
+among meta-train annotations (:func:`perserbench.head.positive_weights`); 1 would decide at the
+class's base rate. The likelihood itself stays unweighted, because class-balanced BCE counts a
+rare-class positive up to ``w`` times and a single support item then overrides the prior (see
+the config's ``weighted_loss`` for what that cost on ``synthetic-dev``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from perserbench.episodes import Items, LabelledItems, MetaTrainSet
+from perserbench.errors import PerserbenchError
+from perserbench.head import EmotionHead, _doc, positive_weights
+from perserbench.metalearn import pad_supports
+from perserbench.method import Method, Predictor
+from perserbench.methods.consensus import ConsensusConfig, train_consensus
+from perserbench.registry import register_method
+
+MIXINGS = ("full", "diagonal", "none")
+# Newton step sizes tried per problem, largest first (backtracking on a fixed grid, so the
+# batched and the one-listener computations take the same decisions), and the Armijo constant.
+STEP_SIZES = tuple(0.5 ** i for i in range(12))
+ARMIJO = 1e-4
+# A Newton decrement (gᵀH⁻¹g) this small is float noise at the optimum: take the full step.
+NEWTON_DECREMENT_TOL = 1e-12
+CONVERGED_STEP = 1e-9
+
+# Evidence for the defaults: benchmarks/validate_defaults.py --task synthetic-dev --method calibrate
+# (all 4 folds, both scenarios, K=1,5,10,20, method seed 0). Macro-F1 per cell
+# seen K=1/5/10/20 | unseen K=1/5/10/20, mean; consensus 0.526 x4 | 0.540 x4, mean 0.533.
+
+
+@dataclass
+class CalibrateConfig:
+    mixing: str = _doc("full", "class-mixing matrix M: 'full' (C×C: a listener may hear one class as another), "
+                               "'diagonal' (a logit scale per class) or 'none' (biases only)")
+    decision_shift: float = _doc(0.75, "multiple of log(negatives/positives) added to each class's logit "
+                                       "(0 = decide at predictive probability 0.5, 1 = at the class's base rate)")
+    weighted_loss: bool = _doc(False, "class-balanced BCE (positive weights from meta-train label "
+                                      "frequencies) in the MAP objective instead of the unweighted likelihood")
+    prior_scale: float = _doc(1.0, "multiplies the prior precision: 1 = the empirical-Bayes prior as estimated")
+    min_prior_std: float = _doc(0.05, "floor on the prior's standard deviation per parameter: the spread is "
+                                      "estimated from a dozen meta-train listeners")
+    em_iterations: int = _doc(10, "EM rounds for the prior (meta-train listener fits <-> prior mean and variance); "
+                                  "later rounds move the prior by < 0.01 on synthetic-dev")
+    newton_steps: int = _doc(30, "upper bound on damped Newton steps per fit; fits stop once every problem has "
+                                 "converged (4-12 steps on synthetic-dev)")
+
+
+def logit_features(z: torch.Tensor, mixing: str) -> torch.Tensor:
+    """Per-class regression features ``[..., C, d]`` for consensus logits ``z`` [..., C]:
+    class ``c``'s transformed logit is ``z_c + θ_c · features[..., c, :]``."""
+    ones = torch.ones_like(z).unsqueeze(-1)
+    if mixing == "full":
+        return torch.cat([z.unsqueeze(-2).expand(*z.shape, z.shape[-1]), ones], dim=-1)
+    if mixing == "diagonal":
+        return torch.cat([z.unsqueeze(-1), ones], dim=-1)
+    return ones
+
+
+def _data_loss(s: torch.Tensor, y: torch.Tensor, w_pos: torch.Tensor, w_neg: torch.Tensor) -> torch.Tensor:
+    """Weighted BCE of logits ``s`` [..., K, C] summed over items (padded rows weigh 0) → [..., C]."""
+    return (w_pos * y * F.softplus(-s) + w_neg * (1.0 - y) * F.softplus(s)).sum(-2)
+
+
+def map_fit(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, pos_weight: torch.Tensor, mu: torch.Tensor,
+            precision: torch.Tensor, mixing: str, steps: int,
+            init: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """MAP transforms of N listeners at once: ``z`` [N, K, C] consensus logits of their items,
+    ``y`` [N, K, C] labels, ``mask`` [N, K] (0 = padding), BCE ``pos_weight`` [C], prior
+    ``mu``/``precision`` [C, d].
+
+    Damped Newton per (listener, class) problem from ``init`` (default: the prior mean); each
+    step backtracks on a fixed grid of step sizes to the first that meets the Armijo
+    condition. Only per-problem reductions, so a listener's result does not depend on who else
+    is in the batch. Returns the transforms [N, C, d] and the Hessians [N, C, d, d] at the
+    optimum (the Laplace posterior precision)."""
+    z, y = z.double(), y.double()
+    m = mask.double().unsqueeze(-1)  # [N, K, 1]
+    w_pos = m * pos_weight.double()
+    w_neg = m.expand_as(y)
+    feats = logit_features(z, mixing)  # [N, K, C, d]
+    mu, precision = mu.double(), precision.double()
+    theta = (mu.expand(z.shape[0], *mu.shape) if init is None else init.double()).clone()
+
+    def newton_system(theta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        s = z + (feats * theta.unsqueeze(1)).sum(-1)
+        p = torch.sigmoid(s)
+        residual = w_neg * (1.0 - y) * p - w_pos * y * (1.0 - p)  # d loss / d s
+        curvature = (w_pos * y + w_neg * (1.0 - y)) * p * (1.0 - p)
+        gradient = torch.einsum("nkcd,nkc->ncd", feats, residual) + precision * (theta - mu)
+        if mixing == "full":  # one feature vector per item, shared by the classes: C× less work
+            shared = feats[:, :, 0]
+            data_hessian = torch.einsum("nki,nkc,nkj->ncij", shared, curvature, shared)
+        else:
+            data_hessian = torch.einsum("nkci,nkc,nkcj->ncij", feats, curvature, feats)
+        hessian = data_hessian + torch.diag_embed(precision.expand_as(theta))
+        value = _data_loss(s, y, w_pos, w_neg) + 0.5 * (precision * (theta - mu).square()).sum(-1)
+        return s, value, gradient, hessian
+
+    for _ in range(steps):
+        s, value, gradient, hessian = newton_system(theta)
+        direction = torch.linalg.solve(hessian, gradient.unsqueeze(-1)).squeeze(-1)  # [N, C, d]
+        # Along θ − t·δ the logits move linearly, s − t·(feats·δ): each trial costs one loss.
+        s_dir = (feats * direction.unsqueeze(1)).sum(-1)
+        decrease = (gradient * direction).sum(-1)  # ≥ 0: the Hessian is positive definite
+        pending = decrease > NEWTON_DECREMENT_TOL
+        size = torch.where(pending, 0.0, 1.0).to(decrease)
+        for t in STEP_SIZES:  # 0 stays for a problem no step size improves
+            trial = _data_loss(s - t * s_dir, y, w_pos, w_neg) + 0.5 * (
+                precision * (theta - t * direction - mu).square()).sum(-1)
+            accept = pending & (trial <= value - ARMIJO * t * decrease)
+            size = torch.where(accept, t, size)
+            pending = pending & ~accept
+            if not bool(pending.any()):
+                break
+        step = size.unsqueeze(-1) * direction
+        theta = theta - step
+        if float(step.abs().max()) < CONVERGED_STEP:
+            break
+    return theta, newton_system(theta)[3]
+
+
+def fit_prior(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, pos_weight: torch.Tensor, mixing: str,
+              iterations: int, min_std: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empirical-Bayes Gaussian prior (mean, variance) [C, d] of the listener transform from
+    meta-train listeners' items (``z``, ``y``, ``mask`` as in :func:`map_fit`): EM with a
+    Laplace posterior per listener, from the identity transform with unit variance."""
+    d = logit_features(z[:1, :1], mixing).shape[-1]
+    mu = torch.zeros(z.shape[-1], d, dtype=torch.float64)
+    var = torch.ones_like(mu)
+    theta = None
+    for _ in range(iterations):
+        theta, hessian = map_fit(z, y, mask, pos_weight, mu, 1.0 / var, mixing, steps, init=theta)
+        posterior_var = torch.linalg.inv(hessian).diagonal(dim1=-2, dim2=-1)
+        mu = theta.mean(0)
+        var = ((theta - mu).square() + posterior_var).mean(0).clamp(min=min_std ** 2)
+    return mu, var
+
+
+def listener_table(train: MetaTrainSet, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Meta-train annotations grouped by listener and padded: the consensus logits [L, A, C] of
+    the items each listener labelled, their labels [L, A, C] and a mask [L, A]."""
+    rows = [r for r in (torch.nonzero(train.listener == i).squeeze(1) for i in range(len(train.listeners))) if len(r)]
+    width = max(len(r) for r in rows)
+    z = logits.new_zeros(len(rows), width, logits.shape[1])
+    y = train.y.new_zeros(len(rows), width, train.n_classes)
+    mask = torch.zeros(len(rows), width)
+    for i, r in enumerate(rows):
+        z[i, : len(r)], y[i, : len(r)], mask[i, : len(r)] = logits[train.utterance[r]], train.y[r], 1.0
+    return z, y, mask
+
+
+class CalibratedPredictor:
+    """The frozen consensus head, then one listener's transform: posterior-predictive logits
+    (Laplace covariance ``cov`` [C, d, d], probit approximation) plus the decision ``shift`` [C]."""
+
+    def __init__(self, head: EmotionHead, theta: torch.Tensor, cov: torch.Tensor, shift: torch.Tensor,
+                 mixing: str) -> None:
+        self.head, self.theta, self.cov, self.shift, self.mixing = head, theta, cov, shift, mixing
+
+    def predict_proba(self, items: Items) -> torch.Tensor:
+        with torch.no_grad():
+            z = self.head(items.x).double()
+            feats = logit_features(z, self.mixing)  # [Q, C, d]
+            s = z + (feats * self.theta).sum(-1)
+            var = torch.einsum("qci,cij,qcj->qc", feats, self.cov, feats)
+            return torch.sigmoid(s / torch.sqrt(1.0 + math.pi * var / 8.0) + self.shift).float()
+
+
+@register_method("calibrate")
+class Calibrate(Method):
+    """Frozen consensus model + a listener's class-mixing matrix and biases on its logits,
+    MAP-fitted on the support under an empirical-Bayes prior from meta-train listeners."""
+
+    Config = CalibrateConfig
+
+    def _check(self) -> None:
+        c = self.config
+        if c.mixing not in MIXINGS:
+            raise PerserbenchError(f"method 'calibrate': config mixing={c.mixing!r}; choose one of {', '.join(MIXINGS)}")
+        for key in ("prior_scale", "min_prior_std"):
+            if not getattr(c, key) > 0:
+                raise PerserbenchError(f"method 'calibrate': config {key}={getattr(c, key)} must be > 0")
+        for key in ("em_iterations", "newton_steps"):
+            if getattr(c, key) < 1:
+                raise PerserbenchError(f"method 'calibrate': config {key}={getattr(c, key)} must be at least 1")
+
+    def meta_fit(self, train: MetaTrainSet) -> None:
+        c = self.config
+        self._check()
+        self.head_ = train_consensus(train, ConsensusConfig(), self.seed).eval()
+        with torch.no_grad():
+            logits = self.head_(train.x).double()
+        balance = positive_weights(train.y).double()
+        self.loss_weight_ = balance if c.weighted_loss else torch.ones_like(balance)
+        self.shift_ = c.decision_shift * balance.log()
+        z, y, mask = listener_table(train, logits)
+        self.prior_mean_, self.prior_var_ = fit_prior(z, y, mask, self.loss_weight_, c.mixing, c.em_iterations,
+                                                      c.min_prior_std, c.newton_steps)
+
+    def adapt(self, support: LabelledItems) -> Predictor:
+        return self.adapt_many([support])[0]
+
+    def adapt_many(self, supports: list[LabelledItems]) -> list[Predictor]:
+        if not supports:
+            return []
+        c = self.config
+        xs, ys, ms = pad_supports(supports)
+        with torch.no_grad():
+            z = self.head_(xs.flatten(0, 1)).view(*xs.shape[:2], -1)
+        theta, hessian = map_fit(z, ys, ms, self.loss_weight_, self.prior_mean_, c.prior_scale / self.prior_var_,
+                                 c.mixing, c.newton_steps)
+        cov = torch.linalg.inv(hessian)
+        return [CalibratedPredictor(self.head_, theta[i], cov[i], self.shift_, c.mixing) for i in range(len(supports))]
