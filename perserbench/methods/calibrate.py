@@ -69,18 +69,21 @@ CONVERGED_STEP = 1e-9
 @dataclass
 class CalibrateConfig:
     mixing: str = _doc("full", "class-mixing matrix M: 'full' (C×C: a listener may hear one class as another), "
-                               "'diagonal' (a logit scale per class) or 'none' (biases only)")
+                               "'diagonal' (a logit scale per class) or 'none' (biases only)",
+                       choices=("full", "diagonal", "none"))
     decision_shift: float = _doc(0.75, "multiple of log(negatives/positives) added to each class's logit "
-                                       "(0 = decide at predictive probability 0.5, 1 = at the class's base rate)")
+                                       "(0 = decide at predictive probability 0.5, 1 = at the class's base rate)",
+                                ge=0)
     weighted_loss: bool = _doc(False, "class-balanced BCE (positive weights from meta-train label "
                                       "frequencies) in the MAP objective instead of the unweighted likelihood")
-    prior_scale: float = _doc(1.0, "multiplies the prior precision: 1 = the empirical-Bayes prior as estimated")
+    prior_scale: float = _doc(1.0, "multiplies the prior precision: 1 = the empirical-Bayes prior as estimated",
+                              gt=0)
     min_prior_std: float = _doc(0.05, "floor on the prior's standard deviation per parameter: the spread is "
-                                      "estimated from a dozen meta-train listeners")
+                                      "estimated from a dozen meta-train listeners", gt=0)
     em_iterations: int = _doc(10, "EM rounds for the prior (meta-train listener fits <-> prior mean and variance); "
-                                  "later rounds move the prior by < 0.01 on synthetic-dev")
+                                  "later rounds move the prior by < 0.01 on synthetic-dev", ge=1)
     newton_steps: int = _doc(30, "upper bound on damped Newton steps per fit; fits stop once every problem has "
-                                 "converged (4-12 steps on synthetic-dev)")
+                                 "converged (4-12 steps on synthetic-dev)", ge=1)
 
 
 def logit_features(z: torch.Tensor, mixing: str) -> torch.Tensor:

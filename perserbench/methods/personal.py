@@ -45,10 +45,11 @@ class PersonalConfig:
                            "on synthetic). Tuned on the development corpora (synthetic seed 1, styles / "
                            "confusion / prior-shift; folds 0-3, 3 episodes per listener, mean macro-F1 "
                            "seen/unseen): epochs 5/10/20 at batch 64 -> 0.585/0.587/0.566, flat up to 10, then "
-                           "it memorises the listener's labels")
-    lr: float = _doc(1e-3, "Adam, as the consensus model was trained")
-    batch_size: int = _doc(64, "same development runs: batch 32 at 10 epochs -> 0.587, a tie; 64 is half the steps")
-    weight_decay: float = _doc(1e-4, "as consensus")
+                           "it memorises the listener's labels", ge=1)
+    lr: float = _doc(1e-3, "Adam, as the consensus model was trained", gt=0)
+    batch_size: int = _doc(64, "same development runs: batch 32 at 10 epochs -> 0.587, a tie; 64 is half the steps",
+                           ge=1)
+    weight_decay: float = _doc(1e-4, "as consensus", ge=0)
 
 
 @register_method("personal")
