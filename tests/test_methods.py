@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from perserbench.episodes import MetaTrainSet, episode_items, sample_episodes
 from perserbench.errors import PerserbenchError
-from perserbench.registry import create_method, method_names
+from perserbench.registry import create_method, get_method, method_names
 from perserbench.runner import run
 from perserbench.tasks import load_task
 
@@ -140,8 +142,10 @@ def test_meta_perser_ablated_to_vanilla_settings_is_maml(toy):
 
 @pytest.mark.parametrize("method", ["maml", "protonet"])
 def test_bad_init_is_a_user_error(toy, method):
-    model = create_method(method, {"init": "imagenet"})
-    with pytest.raises(PerserbenchError, match="init='imagenet'"):
+    with pytest.raises(PerserbenchError, match="init='imagenet' is not a valid choice"):  # before any work
+        create_method(method, {"init": "imagenet"})
+    model = get_method(method)(dataclasses.replace(get_method(method).Config(), init="imagenet"))
+    with pytest.raises(PerserbenchError, match="init='imagenet'"):  # a config built in code: meta_fit checks
         model.meta_fit(MetaTrainSet(toy, toy.folds[0]))
 
 

@@ -332,7 +332,7 @@ def entry_damage(entry: Path, manifest: dict[str, Any], checksums: bool = False)
     if not (entry / MANIFEST).is_file() or "format" not in manifest:
         return f"{MANIFEST} is missing or unreadable"
     if manifest.get("format") != FORMAT_VERSION:
-        return f"written in cache format {manifest.get('format')!r}, not {FORMAT_VERSION}"
+        return f"written by an older perserbench (cache format {manifest.get('format')!r}, now {FORMAT_VERSION})"
     records = manifest.get("layer_files")
     if not isinstance(records, list) or not all(
             isinstance(r, dict) and isinstance(r.get("name"), str) and {"size", "sha256"} <= set(r) for r in records):
