@@ -141,10 +141,13 @@ def release_check(work: Path) -> None:
     # A site directory (not a bare path entry), so .pth files of the dependencies still work.
     Path(purelib, "_release_check_deps.pth").write_text(f"import site; site.addsitedir({str(deps)!r})\n")
     print(f"           {count} runtime dependencies linked from {sys.prefix}")
-    # --no-index and no find-links: the dependencies must already satisfy the declared ranges.
-    _step("pip install the wheel (--no-index)",
+    # No index, no find-links, no pip configuration (PIP_CONFIG_FILE=/dev/null skips every
+    # config file): the linked dependencies must satisfy the wheel's declared ranges by
+    # themselves; pip cannot quietly fetch a dependency from anywhere.
+    offline = {k: v for k, v in env.items() if not k.startswith("PIP_")} | {"PIP_CONFIG_FILE": os.devnull}
+    _step("pip install the wheel (offline)",
           [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-index", str(wheel)],
-          env={**env, "PIP_FIND_LINKS": ""})
+          env=offline)
 
     outside.mkdir()
     bin_ = venv / "bin"

@@ -165,7 +165,7 @@ def methods_command() -> None:
 def tasks_command(
     root: Annotated[Path | None, typer.Option("--root", help="Resolve tasks of this corpus root too.")] = None,
     tasks: Annotated[list[Path] | None, typer.Option(
-        "--tasks", help="A folder of your own task .toml files, listed besides the built-in tasks; repeatable. "
+        "--tasks", metavar="DIR", help="A folder of your own task .toml files, listed besides the built-in tasks; repeatable. "
         "$PERSERBENCH_TASKS adds folders too.")] = None,
 ) -> None:
     """List the built-in tasks and your own (--tasks / $PERSERBENCH_TASKS) with listeners,
