@@ -49,7 +49,7 @@ def poisson_binomial_prefixes(p: np.ndarray) -> np.ndarray:
 def expected_f1_top_k(p_sorted: np.ndarray) -> np.ndarray:
     """Exact E[F1] of predicting the k most probable items, k = 0..n, for independent item
     probabilities sorted in descending order. Entry 0 is E[F1 · 1{defined}] = 0: predicting
-    nothing never scores; its dropped case is valued by :func:`optimal_thresholds`."""
+    nothing never scores; its dropped case is valued by :func:`expected_macro_f1`."""
     p = np.asarray(p_sorted, dtype=float)
     n = len(p)
     inside = poisson_binomial_prefixes(p)  # [k, a]: positives among the top k

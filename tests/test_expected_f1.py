@@ -47,16 +47,17 @@ def _expected_macro(p: np.ndarray, ys: np.ndarray, weights: np.ndarray, threshol
     return float(sum(w * episode_metrics(p, y, thresholds)["macro_f1"] for w, y in zip(weights, ys)))
 
 
-def test_optimal_thresholds_beat_every_per_class_top_k_combination():
-    """On small problems (3 items × 3 classes: 512 outcomes, 64 decisions), no combination of
-    per-class thresholds has a higher exact expected macro-F1 under the metric's conventions
-    (an absent, unpredicted class is dropped; no class defined scores 1)."""
-    rng = np.random.default_rng(1)
-    ys = _outcomes(9).reshape(-1, 3, 3)
-    for _ in range(25):
-        p = (rng.random((3, 3)) ** rng.uniform(0.5, 4)).astype(np.float32).astype(float)
+@pytest.mark.parametrize("items,classes", [(3, 2), (2, 3)])
+def test_optimal_thresholds_beat_every_per_class_top_k_combination(items, classes):
+    """On small problems no combination of per-class thresholds has a higher exact expected
+    macro-F1 under the metric's own conventions (an absent, unpredicted class is dropped; no
+    class defined scores 1), enumerating every outcome and every top-k per class."""
+    rng = np.random.default_rng(items)
+    ys = _outcomes(items * classes).reshape(-1, items, classes)
+    for _ in range(20):
+        p = (rng.random((items, classes)) ** rng.uniform(0.5, 4)).astype(np.float32).astype(float)
         weights = _probability(ys, p)
-        candidates = [[np.sort(p[:, c])[-1] + 1e-6, *np.sort(p[:, c])[::-1]] for c in range(3)]
+        candidates = [[np.sort(p[:, c])[-1] + 1e-6, *np.sort(p[:, c])[::-1]] for c in range(classes)]
         best = max(_expected_macro(p, ys, weights, np.array(t)) for t in itertools.product(*candidates))
         assert _expected_macro(p, ys, weights, optimal_thresholds(p)) >= best - 1e-12
 

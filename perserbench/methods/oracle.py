@@ -10,7 +10,10 @@ It predicts with the exact probabilities the listener's labels are drawn from
 decides each class with the thresholds that maximise the expected per-episode macro-F1
 (:func:`perserbench.expected_f1.optimal_thresholds`). Scored at a fixed 0.5 it would be below
 what is achievable (0.3 scores higher on ``synthetic``), and an honest method could beat the
-"ceiling"; decided optimally, no method that sees only features can, in expectation.
+"ceiling"; decided optimally, no method that sees only features can, in expectation. (One
+approximation remains: whether to leave a class unpredicted is decided as if the classes of
+an item were independent, while a listener's primary label makes them slightly dependent;
+the per-class top-k choice is exact.)
 """
 
 from __future__ import annotations
