@@ -109,6 +109,7 @@ def _builtin_competitors() -> list[str]:
             and not is_reference(get_method(name))]
 
 
+@pytest.mark.slow  # about a minute on 2 cores: run with `pytest -m slow`
 def test_no_builtin_method_beats_the_oracle(tmp_path):
     """The ceiling holds: on a small synthetic task (K=20, both scenarios), the oracle's mean
     macro-F1 is at least every built-in method's (default configs), and at least each
@@ -172,6 +173,7 @@ def test_personal_uses_the_listener_labels_outside_the_query_only(toy_task_file)
         labels[:] = saved
 
 
+@pytest.mark.slow  # about 30 s on 2 cores: run with `pytest -m slow`
 def test_personal_comes_near_the_oracle_on_synthetic(tmp_path):
     """On synthetic the many-shot reference captures a good part of the oracle's headroom over
     consensus and does not exceed the oracle (means over a small task's episodes; measured:
