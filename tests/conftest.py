@@ -3,6 +3,7 @@ tests run in milliseconds and do not depend on the synthetic corpus's calibratio
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -64,6 +65,26 @@ min_query = 4
 episodes = 3
 seed = 7
 """
+
+
+def synthetic_task_toml(*, name: str = "synthetic-small", version: str = "0.1", options: str = "",
+                        folds: int = 2, listener_seed: int = 3, scenarios: tuple[str, ...] = ("unseen",),
+                        shots: tuple[int, ...] = (1,), query: int = 10, min_query: int = 10, episodes: int = 2,
+                        episode_seed: int = 5) -> str:
+    """A cut-down task on the bundled synthetic corpus (``options``: the corpus options as a TOML
+    inline table, e.g. ``'{ seed = 0, uniform = true }'``). Worker processes (the sealed
+    runner's forkserver, spawned pools, Ray) do not import this test suite, so tests that need a
+    corpus those workers can load use this rather than the ``toy`` corpus."""
+    return "\n".join([
+        f'name = "{name}"', f'version = "{version}"',
+        "[corpus]", 'name = "synthetic"', 'features = "synthetic"',
+        'labels = ["neutral", "happy", "sad", "angry", "frustrated", "excited"]',
+        *([f"options = {options}"] if options else []),
+        "[listeners]", f"folds = {folds}", f"seed = {listener_seed}",
+        "[utterances]", 'split = "session"', 'heldout = ["Ses05"]',
+        "[episodes]", f"scenarios = {json.dumps(list(scenarios))}", f"shots = {json.dumps(list(shots))}",
+        f"query = {query}", f"min_query = {min_query}", f"episodes = {episodes}", f"seed = {episode_seed}", "",
+    ])
 
 
 @pytest.fixture

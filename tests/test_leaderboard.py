@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TOY_TASK
+from conftest import TOY_TASK, synthetic_task_toml
 from scipy import stats as sps
 
 from perserbench.episodes import Items, LabelledItems, MetaTrainSet
@@ -331,27 +331,7 @@ def test_board_files_must_have_canonical_names(tmp_path, toy_inputs):
 # ------------------------------------------------------------------- the ceiling
 
 
-SMALL_SYNTHETIC = """
-name = "synthetic-small"
-version = "0.1"
-[corpus]
-name = "synthetic"
-features = "synthetic"
-labels = ["neutral", "happy", "sad", "angry", "frustrated", "excited"]
-[listeners]
-folds = 2
-seed = 3
-[utterances]
-split = "session"
-heldout = ["Ses05"]
-[episodes]
-scenarios = ["unseen"]
-shots = [1, 5]
-query = 10
-min_query = 10
-episodes = 2
-seed = 5
-"""
+SMALL_SYNTHETIC = synthetic_task_toml(shots=(1, 5))
 
 
 @pytest.fixture(scope="module")

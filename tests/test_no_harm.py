@@ -11,6 +11,7 @@ of 50) is flagged as harmful, while consensus against itself is equivalent.
 from __future__ import annotations
 
 import pytest
+from conftest import synthetic_task_toml
 
 from perserbench.runner import run
 from perserbench.stats import equivalence_test
@@ -18,28 +19,9 @@ from perserbench.tasks import load_task
 
 MARGIN = 0.01
 
-UNIFORM_TASK = """
-name = "synthetic-uniform-no-harm"
-version = "1.0.0"
-[corpus]
-name = "synthetic"
-features = "synthetic"
-labels = ["neutral", "happy", "sad", "angry", "frustrated", "excited"]
-options = { seed = 0, uniform = true }
-[listeners]
-folds = 2
-seed = 17
-[utterances]
-split = "session"
-heldout = ["Ses05"]
-[episodes]
-scenarios = ["unseen"]
-shots = [20]
-query = 20
-min_query = 10
-episodes = 10
-seed = 2024
-"""
+UNIFORM_TASK = synthetic_task_toml(name="synthetic-uniform-no-harm", version="1.0.0",
+                                   options="{ seed = 0, uniform = true }", listener_seed=17, shots=(20,),
+                                   query=20, episodes=10, episode_seed=2024)
 
 
 @pytest.fixture(scope="module")

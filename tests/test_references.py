@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import synthetic_task_toml
 
 from perserbench.data.synthetic.perception import sample_labels
 from perserbench.episodes import MetaTrainSet, all_episodes, episode_items, sample_episodes
@@ -18,33 +19,12 @@ from perserbench.registry import create_method, get_method, method_names
 from perserbench.runner import run
 from perserbench.tasks import load_task
 
-SMALL_SYNTHETIC = """
-name = "synthetic-small"
-version = "0.1"
-[corpus]
-name = "synthetic"
-features = "synthetic"
-labels = ["neutral", "happy", "sad", "angry", "frustrated", "excited"]
-options = {{ seed = 0, generator = "{generator}" }}
-[listeners]
-folds = 2
-seed = 3
-[utterances]
-split = "session"
-heldout = ["Ses05"]
-[episodes]
-scenarios = ["seen", "unseen"]
-shots = [20]
-query = 20
-min_query = 10
-episodes = {episodes}
-seed = 11
-"""
-
 
 def small_task(tmp_path: Path, generator: str = "styles", episodes: int = 2):
     path = tmp_path / f"small-{generator}.toml"
-    path.write_text(SMALL_SYNTHETIC.format(generator=generator, episodes=episodes))
+    path.write_text(synthetic_task_toml(options=f'{{ seed = 0, generator = "{generator}" }}',
+                                        scenarios=("seen", "unseen"), shots=(20,), query=20, episodes=episodes,
+                                        episode_seed=11))
     return load_task(path)
 
 

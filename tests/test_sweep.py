@@ -1,4 +1,5 @@
 import pytest
+from conftest import synthetic_task_toml
 
 from perserbench.errors import PerserbenchError
 from perserbench.executors import execute, expected_path, is_done, plan, run_job
@@ -34,27 +35,7 @@ def test_unknown_executor_and_method(tmp_path, toy_task_file):
 
 # A cut-down task on the bundled synthetic corpus: worker processes (spawned, or Ray's) do not
 # import this test suite, so they cannot see the conftest `toy` corpus.
-SMALL_SYNTHETIC = """
-name = "synthetic-small"
-version = "0.1"
-[corpus]
-name = "synthetic"
-features = "synthetic"
-labels = ["neutral", "happy", "sad", "angry", "frustrated", "excited"]
-[listeners]
-folds = 2
-seed = 3
-[utterances]
-split = "session"
-heldout = ["Ses05"]
-[episodes]
-scenarios = ["unseen"]
-shots = [1]
-query = 10
-min_query = 10
-episodes = 2
-seed = 5
-"""
+SMALL_SYNTHETIC = synthetic_task_toml()
 
 
 def _episodes_by_method(paths):
