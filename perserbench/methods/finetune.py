@@ -5,6 +5,11 @@ model, same seed) and take a fixed number of full-batch gradient steps on the su
 Adaptation uses the functional inner loop of :mod:`perserbench.metalearn`, so all test
 listeners of a (scenario, K) cell are fine-tuned together in one vmapped computation; the
 result is identical to fine-tuning each listener separately (tests/test_methods.py).
+
+Two ways to do no harm, both off by default: ``pull`` adds an L2 pull toward the consensus
+weights to the support loss (a Gaussian prior centred on the consensus model: MAP instead of
+maximum likelihood), and ``guard`` keeps a listener at the consensus model unless a
+leave-one-out check on its own support says fine-tuning helps (:mod:`perserbench.no_harm`).
 """
 
 from __future__ import annotations
@@ -37,6 +42,11 @@ class FinetuneConfig:
     dual: bool = _doc(True, "exact low-rank form of the first layer's updates (fast); False = materialised "
                             "weights through functional_call (same result, slower)")
     chunk: int = _doc(256, "listeners adapted per vmap call; bounds memory for large cells", ge=1)
+    pull: float = _doc(0.0, "L2 pull toward the consensus weights: the support loss gets pull/2 * "
+                            "||theta - theta_consensus||^2 (0 = plain fine-tuning). Not tuned yet", ge=0)
+    guard: bool = _doc(False, "do-no-harm gate (perserbench.no_harm): keep a listener at the consensus model "
+                              "unless fine-tuning on each K-1 subset of the support predicts the left-out item "
+                              "better; costs K extra batched fine-tunings. Not tuned yet")
 
 
 @register_method("finetune")
@@ -56,5 +66,6 @@ class Finetune(Method):
         return self.adapt_many([support])[0]
 
     def adapt_many(self, supports: list[LabelledItems]) -> list[Predictor]:
-        return list(adapt_many(self.form_, self.meta_, self.lrs_, supports, self.pos_weight_, self.config.steps,
-                               self.config.chunk))
+        c = self.config
+        return list(adapt_many(self.form_, self.meta_, self.lrs_, supports, self.pos_weight_, c.steps, c.chunk,
+                               pull=c.pull, guard=c.guard))
