@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from perserbench.episodes import LabelledItems, MetaTrainSet
+from perserbench.errors import PerserbenchError
 from perserbench.head import _doc, positive_weights
 from perserbench.metalearn import (
     DualForm,
@@ -43,7 +44,8 @@ class FinetuneConfig:
                             "weights through functional_call (same result, slower)")
     chunk: int = _doc(256, "listeners adapted per vmap call; bounds memory for large cells", ge=1)
     pull: float = _doc(0.0, "L2 pull toward the consensus weights: the support loss gets pull/2 * "
-                            "||theta - theta_consensus||^2 (0 = plain fine-tuning). Not tuned yet", ge=0)
+                            "||theta - theta_consensus||^2 (0 = plain fine-tuning); lr * pull must stay below 2 "
+                            "or the pull's own gradient step diverges. Not tuned yet", ge=0)
     guard: bool = _doc(False, "do-no-harm gate (perserbench.no_harm): keep a listener at the consensus model "
                               "unless fine-tuning on each K-1 subset of the support predicts the left-out item "
                               "better; costs K extra batched fine-tunings. Not tuned yet")
@@ -56,6 +58,10 @@ class Finetune(Method):
     Config = FinetuneConfig
 
     def meta_fit(self, train: MetaTrainSet) -> None:
+        c = self.config
+        if c.lr * c.pull >= 2:
+            raise PerserbenchError(f"method 'finetune': config lr * pull = {c.lr * c.pull:g} must be below 2 (each "
+                                   "step scales the distance to consensus by 1 - lr * pull, so 2 or more diverges)")
         head = train_consensus(train, ConsensusConfig(), self.seed)
         self.form_ = DualForm(head) if self.config.dual else PlainForm(head)
         self.meta_ = {k: v.detach() for k, v in meta_parameters(head).items()}
