@@ -499,7 +499,9 @@ def adapt_many(form: Form, meta: Params, lrs: Params, supports: Sequence[Labelle
 
 
 class MetaSettings(Protocol):
-    """The config fields the meta-learner reads (``maml`` and ``meta-perser`` configs)."""
+    """The config fields the meta-learner reads (``maml`` and ``meta-perser`` configs). Read
+    with a default when absent, so older settings objects keep working: ``adapt_steps`` (-1),
+    ``combined_inner`` ("support") and ``guard`` (False)."""
 
     meta_epochs: int
     steps_per_epoch: int
