@@ -302,11 +302,12 @@ def test_protonet_shrinkage_is_exact_at_zero_and_pulls_prototypes_to_the_prior(t
     assert all(torch.equal(a, b) for a, b in zip(prototypes(e, y, torch.ones(3), prior, 0.0),
                                                  prototypes(e, y, torch.ones(3))))
     small = SMALL["protonet"]
-    assert all(np.array_equal(x, y) for x, y in zip(predictions(toy, "protonet", small),
-                                                    predictions(toy, "protonet", {**small, "tau": "0"})))
-    shrunk = predictions(toy, "protonet", {**small, "tau": "2"})
-    assert not all(np.allclose(x, y) for x, y in zip(shrunk, predictions(toy, "protonet", small)))
     fold = toy.folds[0]
+    unshrunk = create_method("protonet", {**small, "tau": "0"}, seed=0)
+    unshrunk.meta_fit(MetaTrainSet(toy, fold))
+    assert set(unshrunk.meta_) == {"layer_logits", "hidden.weight", "hidden.bias", "log_scale"}  # no prior at all
+    shrunk = predictions(toy, "protonet", {**small, "tau": "2"})
+    assert not all(np.allclose(x, y) for x, y in zip(shrunk, predictions(toy, "protonet", {**small, "tau": "0"})))
     model = create_method("protonet", {**small, "tau": "2"}, seed=0)
     model.meta_fit(MetaTrainSet(toy, fold))
     assert model.meta_["prior_pos"].shape == (3, 256)  # meta-learned, one per class

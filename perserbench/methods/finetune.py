@@ -48,7 +48,10 @@ class FinetuneConfig:
                             "or the pull's own gradient step diverges. Not tuned yet", ge=0)
     guard: bool = _doc(False, "do-no-harm gate (perserbench.no_harm): keep a listener at the consensus model "
                               "unless fine-tuning on each K-1 subset of the support predicts the left-out item "
-                              "better; costs K extra batched fine-tunings. Not tuned yet")
+                              "better; costs K extra batched fine-tunings (adapt_many 5x at K=5, 30x at K=20). "
+                              "synthetic-dev (mean macro-F1 over 8 cells; consensus 0.533): ungated/gated "
+                              "0.546/0.547; gated, K=1 is consensus again (seen/unseen 0.526/0.540 vs ungated "
+                              "0.522/0.526) at a 0.001-0.003 cost per cell at K>=5. Off until the lead decides")
 
 
 @register_method("finetune")
