@@ -28,7 +28,13 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from perserbench.results import EPISODE_METRICS, POOLED_METRIC, EpisodeRecord, ListenerRecord, SummaryRecord
+from perserbench.results import (
+    EPISODE_METRICS,
+    POOLED_METRIC,
+    EpisodeRecord,
+    ListenerRecord,
+    SummaryRecord,
+)
 from perserbench.stats import hierarchical_bootstrap_ci
 
 DEFAULT_THRESHOLD = 0.5

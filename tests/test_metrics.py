@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from perserbench.metrics import class_counts, episode_metrics, listener_aggregates, pooled_f1, summarize
+from perserbench.metrics import (
+    class_counts,
+    episode_metrics,
+    listener_aggregates,
+    pooled_f1,
+    summarize,
+)
 from perserbench.results import EpisodeRecord
 
 

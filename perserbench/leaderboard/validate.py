@@ -49,6 +49,7 @@ class TaskInfo:
     shots: tuple[int, ...]
     required: dict[EpisodeKey, tuple[int, int]]
     development: bool = False
+    uniform: bool = False  # a uniform control (corpus option uniform = true): no personalization can help
 
 
 class TaskResolver:
@@ -84,8 +85,10 @@ class TaskResolver:
         except PerserbenchError as exc:
             raise PerserbenchError(f"{source}: task {name!r} cannot be resolved: {exc}") from None
         spec = task.spec
+        uniform = {**spec.corpus.options, **(self.corpus_options or {})}.get("uniform", False)
         return TaskInfo(spec.name, spec.version, task_hash, tuple(spec.episodes.scenarios),
-                        tuple(spec.episodes.shots), required, spec.is_development)
+                        tuple(spec.episodes.shots), required, spec.is_development,
+                        uniform is True or str(uniform).lower() == "true")
 
 
 def validate_result(path: Path, resolver: TaskResolver) -> RunResult:
