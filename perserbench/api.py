@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from perserbench.errors import PerserbenchError
-from perserbench.results import METRICS, RunResult
+from perserbench.results import METRICS, PRIMARY_METRIC, RunResult
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -137,7 +137,7 @@ class Comparison:
 def compare(
     results: Sequence[RunResult | str | Path],
     out: str | Path | None = None,
-    metric: str = "macro_f1",
+    metric: str = PRIMARY_METRIC,
     alpha: float = 0.05,
 ) -> Comparison:
     """Compare results as ``perserbench compare`` does and return the report's tables.

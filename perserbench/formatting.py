@@ -4,6 +4,10 @@ rebuild from unchanged results is byte-identical) and one spelling of each kind 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from perserbench.stats import EquivalenceTest
 
 
 def fixed(value: float) -> str:
@@ -24,3 +28,12 @@ def p_value(value: float) -> str:
 def share(value: float | None) -> str:
     """Headroom captured as a percentage; "—" where it is undefined (ceiling ≤ consensus)."""
     return "—" if value is None else f"{100 * value:.0f}%"
+
+
+def verdict(test: EquivalenceTest | None) -> str:
+    """A do-no-harm verdict with its mean difference from consensus; an inconclusive one with
+    the power of the equivalence test, since a weak test says nothing either way."""
+    if test is None:
+        return "—"
+    extra = f", power {100 * test.power:.0f}%" if test.verdict == "inconclusive" else ""
+    return f"{test.verdict} ({signed(test.mean)}{extra})"

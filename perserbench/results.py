@@ -22,14 +22,26 @@ from perserbench.inputs import read_text
 if TYPE_CHECKING:
     import pandas as pd
 
-SCHEMA_VERSION = 2  # 2: `audit` and method.reference (sealed evaluation, issue 9)
-METRICS = ("macro_f1", "micro_f1", "top1")
+SCHEMA_VERSION = 3  # 2: `audit` and method.reference (issue 9); 3: per-class counts, pooled macro-F1 (issue 13)
+EPISODE_METRICS = ("macro_f1", "micro_f1", "top1")  # scored per episode, then averaged per listener
+POOLED_METRIC = "pooled_macro_f1"  # scored per listener from the counts pooled over its episodes
+METRICS = (*EPISODE_METRICS, POOLED_METRIC)
+# The headline metric of `compare` and the board, and the one shown beside it. The choice and
+# its evidence (run-to-run SD, bias on the uniform controls, ranking agreement) are in
+# docs/metrics.md; this is the one place to change it.
 PRIMARY_METRIC = "macro_f1"
+SECONDARY_METRIC = POOLED_METRIC
+METRIC_LABELS = {"macro_f1": "macro-F1 (per episode)", "micro_f1": "micro-F1", "top1": "top-1 accuracy",
+                 POOLED_METRIC: "listener-pooled macro-F1"}
 
 
 @dataclass(frozen=True)
 class EpisodeRecord:
-    """Metrics of one method on one episode. ``seed`` is the method's training seed."""
+    """Metrics of one method on one episode. ``seed`` is the method's training seed.
+
+    ``tp``/``fp``/``fn`` are the per-class counts over the episode's query items (in the
+    corpus's class order): the listener-pooled macro-F1 sums them over a listener's episodes,
+    and validation recomputes ``macro_f1`` and ``micro_f1`` from them."""
 
     fold: int
     listener: str
@@ -42,11 +54,16 @@ class EpisodeRecord:
     macro_f1: float
     micro_f1: float
     top1: float
+    tp: list[int]
+    fp: list[int]
+    fn: list[int]
 
 
 @dataclass(frozen=True)
 class ListenerRecord:
-    """Mean over a listener's episodes (and seeds) for one (scenario, shots) cell."""
+    """One listener's scores for one (scenario, shots) cell: the episode metrics are means over
+    its episodes (and seeds); ``pooled_macro_f1`` is the macro-F1 of the class counts summed
+    over those episodes (see :func:`perserbench.metrics.pooled_f1`)."""
 
     listener: str
     scenario: str
@@ -55,6 +72,7 @@ class ListenerRecord:
     macro_f1: float
     micro_f1: float
     top1: float
+    pooled_macro_f1: float
 
 
 @dataclass(frozen=True)
@@ -131,6 +149,11 @@ class RunResult:
         if not isinstance(data, dict):
             raise PerserbenchError(f"{source}: not a RunResult (expected a JSON object)")
         version = data.get("schema_version")
+        if version == 2:
+            raise PerserbenchError(
+                f"{source}: schema_version 2 predates the per-class counts that the listener-pooled macro-F1 "
+                f"needs (schema {SCHEMA_VERSION}); re-run the method with this perserbench version"
+            )
         if version != SCHEMA_VERSION:
             raise PerserbenchError(
                 f"{source}: schema_version {version!r} is not supported (expected {SCHEMA_VERSION}); "

@@ -53,7 +53,7 @@ from perserbench.method import (
     config_hash,
     is_reference,
 )
-from perserbench.metrics import episode_metrics, listener_aggregates, summarize
+from perserbench.metrics import class_counts, episode_metrics, listener_aggregates, summarize
 from perserbench.registry import check_config, create_method, get_method
 from perserbench.results import SCHEMA_VERSION, EpisodeRecord, RunResult, save_result
 from perserbench.sealed import Prediction, SealedMethod
@@ -254,8 +254,9 @@ def run(
 def _record(fold: ListenerFold, ep: Episode, seed: int, n_support: int, truth: np.ndarray,
             prediction: Prediction) -> EpisodeRecord:
     scores = episode_metrics(prediction.proba, truth, prediction.thresholds)
+    counts = class_counts(prediction.proba, truth, prediction.thresholds)
     return EpisodeRecord(fold.index, ep.listener, ep.scenario, ep.shots, ep.index, seed, n_support, len(truth),
-                         **scores)
+                         **scores, **counts)
 
 
 def isolation_units(episodes: Sequence[Episode]) -> list[list[Episode]]:

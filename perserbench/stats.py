@@ -9,7 +9,7 @@ bootstrap is written here because scipy's ``bootstrap`` resamples one level only
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -368,6 +368,47 @@ class EquivalenceTest:
     def harmful(self) -> bool:
         """Shown to be worse than ``−margin`` (the upper CI bound is below it)."""
         return self.ci_high < -self.margin
+
+    @property
+    def verdict(self) -> str:
+        """The do-no-harm verdict (:data:`NO_HARM_VERDICTS`) read off the same (1 − 2α) CI:
+
+        * ``"no harm"``: equivalent within ``±margin``, or significantly better (CI above 0);
+        * ``"harmful"``: significantly worse (CI below 0) and not shown equivalent;
+        * ``"inconclusive"``: neither; read it with :attr:`power` (low power = too few
+          listeners or too noisy to tell, not evidence of safety).
+
+        Why 0 and not ``−margin`` for "worse": a method that is reliably below consensus by
+        more than the data can call negligible has not done no harm; :attr:`harmful` (beyond
+        the margin) is the stronger statement."""
+        if self.equivalent or self.ci_low > 0:
+            return "no harm"
+        if self.ci_high < 0:
+            return "harmful"
+        return "inconclusive"
+
+
+NO_HARM_MARGIN = 0.01  # macro-F1 points: a difference from consensus this small is negligible
+NO_HARM_VERDICTS = ("no harm", "harmful", "inconclusive")
+
+
+def no_harm_test(per_listener_diffs: Sequence[Mapping[Hashable, float]], margin: float = NO_HARM_MARGIN,
+                 alpha: float = 0.05) -> EquivalenceTest | None:
+    """The do-no-harm TOST of a method against consensus over listeners.
+
+    ``per_listener_diffs`` holds one mapping listener → (method − consensus) per cell; a
+    listener's difference is its mean over the cells (one cell: the cell's verdict; all cells
+    of a task: the task's verdict, the cells sharing their listeners so they are averaged, not
+    treated as independent samples). Listeners missing from any cell are left out. None
+    when fewer than 2 listeners remain (no test can run)."""
+    if not per_listener_diffs:
+        return None
+    common = set(per_listener_diffs[0]).intersection(*per_listener_diffs[1:])
+    if len(common) < 2:
+        return None
+    keys = sorted(common, key=str)
+    d = np.array([np.mean([cell[k] for cell in per_listener_diffs]) for k in keys])
+    return equivalence_test(d, margin, alpha)
 
 
 def equivalence_test(diff: Sequence[float], margin: float, alpha: float = 0.05) -> EquivalenceTest:

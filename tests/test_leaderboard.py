@@ -148,6 +148,13 @@ def _tables(markdown: str) -> list[list[list[str]]]:
     return tables
 
 
+def _table(markdown: str, first: str, last: str | None = None) -> list[list[str]]:
+    """The one table of the page whose header starts with ``first`` (and ends with ``last``)."""
+    found = [t for t in _tables(markdown) if t[0][0] == first and (last is None or t[0][-1] == last)]
+    assert len(found) == 1, [t[0] for t in _tables(markdown)]
+    return found[0]
+
+
 def _summary(path: Path) -> dict[tuple[str, int], object]:
     return {(r.scenario, r.shots): r for r in load_result(path).summary if r.metric == "macro_f1"}
 
@@ -170,6 +177,24 @@ def test_generated_results_validate_and_submit_copies_them_byte_for_byte(tmp_pat
 
 def _tamper_episode_metric(data):
     data["episodes"][3]["macro_f1"] = 0.0 if data["episodes"][3]["macro_f1"] > 0.5 else 1.0
+
+
+def _tamper_top1(data):
+    data["episodes"][3]["top1"] = 0.0 if data["episodes"][3]["top1"] > 0.5 else 1.0
+
+
+def _tamper_counts(data):
+    rec = data["episodes"][3]
+    j = min(range(len(rec["fp"])), key=lambda c: rec["tp"][c] + rec["fp"][c])  # room for one more prediction
+    rec["fp"][j] += 1
+
+
+def _counts_of_another_class_count(data):
+    data["episodes"][3]["tp"].append(0)
+
+
+def _old_schema(data):
+    data["schema_version"] = 2
 
 
 def _tamper_summary_mean(data):
@@ -246,7 +271,11 @@ def _unknown_control(data):
 
 
 @pytest.mark.parametrize("tamper,reason", [
-    (_tamper_episode_metric, "listener records do not recompute from the episode metrics"),
+    (_tamper_episode_metric, "but its per-class counts give"),
+    (_tamper_top1, "listener records do not recompute from the episode metrics"),
+    (_tamper_counts, "but its per-class counts give"),
+    (_counts_of_another_class_count, "has per-class counts of lengths [4, 3, 3]"),
+    (_old_schema, "schema_version 2 predates the per-class counts"),
     (_tamper_listener_record, "listener records do not recompute"),
     (_tamper_summary_mean, "summary records do not recompute"),
     (_tamper_ci, "summary records do not recompute"),
@@ -345,7 +374,9 @@ def synthetic_inputs(tmp_path_factory) -> dict[str, Path]:
     (tasks / "synthetic-small.toml").write_text(SMALL_SYNTHETIC)
     task = load_task(tasks / "synthetic-small.toml")
     oracle, honest = run("oracle", task, [1, 5]), run("label-support", task, [1, 5])
-    perfect = [dataclasses.replace(e, macro_f1=1.0) if e.shots == 5 else e for e in honest.episodes]
+    perfect = [dataclasses.replace(e, macro_f1=1.0, micro_f1=1.0, tp=[t + f for t, f in zip(e.tp, e.fn)],
+                                   fp=[0] * len(e.fp), fn=[0] * len(e.fn)) if e.shots == 5 else e
+               for e in honest.episodes]
     return {"tasks": tasks, "oracle": _save(oracle, root / "runs"), "honest": _save(honest, root / "runs"),
             "too-good": _save(_rederive(honest, perfect), root / "too-good")}
 
@@ -374,7 +405,8 @@ def test_the_real_oracle_is_shown_as_the_ceiling_and_not_ranked(tmp_path, synthe
     args = ("--board", board, "--tasks", synthetic_inputs["tasks"])
     assert cli("leaderboard", "submit", synthetic_inputs["oracle"], synthetic_inputs["honest"], *args)[0] == 0
     assert cli("leaderboard", "build", *args)[0] == 0
-    ranked, references = _tables((board / "README.md").read_text())[:2]
+    readme = (board / "README.md").read_text()
+    ranked, references = _table(readme, "Rank"), _table(readme, "Reference")
     assert [row[:2] for row in ranked[1:]] == [["1", "label-support"]]
     assert [row[0] for row in references[1:]] == ["oracle"]
     oracle = _summary(synthetic_inputs["oracle"])
@@ -397,7 +429,9 @@ def test_references_and_controls_are_shown_but_never_ranked_or_tested(tmp_path, 
         assert set(task.comparisons[key]) == set(RANKED) - {"consensus"}
         assert {c.method for _, c in task.cell_ranking(key)} == set(RANKED)
     readme = build(board_dir, TaskResolver(toy_inputs["tasks"]))["README.md"]
-    ranked, references, headroom, gains = _tables(readme)
+    ranked, references = _table(readme, "Rank"), _table(readme, "Reference")
+    headroom = next(t for t in _tables(readme) if t[0][:2] == ["Method", "Ceiling"])
+    gains = _table(readme, "Method", "Control result")
     assert [row[1] for row in ranked[1:]] == [m for _, m, _ in task.overall()]
     assert {row[0] for row in headroom[1:]} == set(RANKED) - {"consensus"}
     assert [row[0] for row in references[1:]] == ["oracle", "personal"]
@@ -422,7 +456,7 @@ def test_headroom_captured_is_computed_from_the_cell_means(tmp_path, toy_inputs)
     # lb-truth is perfect and the toy oracle is that perfect rule: it captures all the headroom
     assert all(task.headroom[key]["lb-truth"]["oracle"] == pytest.approx(1.0) for key in CELLS)
     readme = build(board_dir, TaskResolver(toy_inputs["tasks"]))["README.md"]
-    headroom = _tables(readme)[2]
+    headroom = next(t for t in _tables(readme) if t[0][:2] == ["Method", "Ceiling"])
     assert headroom[0] == ["Method", "Ceiling"] + [f"{s} K={k}" for s, k in CELLS]
     for ceiling in REFERENCES:
         row = next(r for r in headroom if r[:2] == ["label-prior", ceiling])
@@ -445,7 +479,7 @@ def test_personalization_gain_is_own_minus_control_paired_over_listeners(tmp_pat
         assert gain.p_value == pytest.approx(1.0 if np.allclose(a, b) else sps.wilcoxon(a, b).pvalue)
         assert gain.p_adjusted == gain.p_value  # one method with a control: a family of one
     readme = build(board_dir, TaskResolver(toy_inputs["tasks"]))["README.md"]
-    ranked, gains = _tables(readme)
+    ranked, gains = _table(readme, "Rank"), _table(readme, "Method", "Control result")
     assert [row[1] for row in ranked[1:]].count("label-support") == 1  # the control is not a second entry
     assert gains[1][1:5] == [f"{task.gains[k]['label-support'].delta:+.3f} {task.gains[k]['label-support'].marker}"
                              .strip() for k in CELLS]
@@ -531,7 +565,7 @@ def test_rebuild_is_byte_identical(tmp_path, toy_inputs):
 def test_readme_numbers_and_ranks_come_from_the_result_files(tmp_path, toy_inputs):
     board = _board(tmp_path, toy_inputs)
     readme = build(board, TaskResolver(toy_inputs["tasks"]))["README.md"]
-    ranked, references = _tables(readme)[:2]
+    ranked, references = _table(readme, "Rank"), _table(readme, "Reference")
     assert ranked[0] == ["Rank", "Method"] + [f"{s} K={k}" for s, k in CELLS] + ["Result", "perserbench"]
     rows = {row[1]: row for row in ranked[1:]}
     rows.update({row[0]: [""] + row for row in references[1:]})
@@ -596,9 +630,12 @@ def test_html_is_self_contained_with_tables_selectors_and_png_figures(tmp_path, 
     board = _board(tmp_path, toy_inputs, RANKED + REFERENCES + ("control",))
     page = _Page()
     page.feed(build(board, TaskResolver(toy_inputs["tasks"]))["index.html"])
-    # per (scenario, K) of the toy task: ranked methods, ceiling / references, personalization gain
-    assert page.tables == 3 * len(CELLS)
-    assert [h.split(" (")[0] for h in page.headings] == ["Ceiling / references", "Personalization gain"] * len(CELLS)
+    # per (scenario, K) of the toy task: ranked methods, ceiling / references, personalization gain,
+    # do no harm; then the task's do-no-harm verdicts over all cells
+    assert page.tables == 4 * len(CELLS) + 1
+    assert [h.split(" (")[0] for h in page.headings] == (
+        ["Ceiling / references", "Personalization gain", "Do no harm, this cell"] * len(CELLS)
+        + ["Do no harm, all cells of toy"])
     assert page.selects == {"task": ["toy"], "scenario": ["seen", "unseen"], "shots": ["1", "5"]}
     assert not page.external
     # 4 critical-difference diagrams (4 ranked methods) + 2 score-vs-shots plots
@@ -638,3 +675,72 @@ def test_committed_leaderboard_is_valid_and_current():
     check_board(board, resolver)
     synthetic = load_board(board, resolver).tasks["synthetic"]
     assert "oracle" in synthetic.methods("reference") and "oracle" not in synthetic.methods()
+
+
+# ------------------------------------------------------------------- do no harm and across tasks
+
+
+def _harmful(result: RunResult, name: str) -> RunResult:
+    """``result``'s predictions with one false positive more on every class of every episode
+    that has room for one (macro- and micro-F1 recomputed from the counts, as validation
+    requires), filed as ``name``."""
+    from perserbench.metrics import f1_from_counts
+
+    episodes = []
+    for r in result.episodes:
+        fp = [f + (t + f < r.n_query) for t, f in zip(r.tp, r.fp)]
+        macro, micro = f1_from_counts(r.tp, fp, r.fn)
+        episodes.append(dataclasses.replace(r, fp=fp, macro_f1=macro, micro_f1=micro))
+    named = dataclasses.replace(result, method={**result.method, "name": name, "config": {},
+                                                "config_hash": config_hash(name, EmptyConfig())})
+    return _rederive(named, episodes)
+
+
+def test_do_no_harm_verdicts_are_on_the_board(tmp_path, toy_inputs):
+    from perserbench.leaderboard.markdown import render_markdown
+    from perserbench.stats import no_harm_test
+
+    board_dir = _board(tmp_path, toy_inputs, ("consensus", "label-prior"))
+    consensus = load_result(toy_inputs["consensus"])
+    _save(_harmful(consensus, "lb-harm"), board_dir / "results")
+    copy = _harmful(consensus, "lb-copy")
+    _save(_rederive(copy, [dataclasses.replace(r, fp=o.fp, macro_f1=o.macro_f1, micro_f1=o.micro_f1)
+                           for r, o in zip(copy.episodes, consensus.episodes)]), board_dir / "results")
+    board = load_board(board_dir, TaskResolver(toy_inputs["tasks"]))
+    task = board.tasks["toy"]
+    for key in CELLS:
+        assert task.no_harm[key]["lb-harm"].verdict == "harmful"
+        assert task.no_harm[key]["lb-copy"].verdict == "no harm" and task.no_harm[key]["lb-copy"].mean == 0.0
+        cells = task.ranked[key]
+        expected = no_harm_test([{x: cells["label-prior"].per_listener[x] - cells["consensus"].per_listener[x]
+                                  for x in cells["consensus"].per_listener}])
+        assert task.no_harm[key]["label-prior"] == expected
+    assert task.no_harm_task["lb-harm"].verdict == "harmful" and task.no_harm_task["lb-copy"].verdict == "no harm"
+    assert "consensus" not in task.no_harm_task
+    readme = build(board_dir, TaskResolver(toy_inputs["tasks"]))["README.md"]
+    table = _table(readme, "Method", "90% CI (all cells)")
+    rows = {row[0]: row for row in table[1:]}
+    assert set(rows) == {"label-prior", "lb-copy", "lb-harm"}
+    assert all(v.startswith("harmful (") for v in rows["lb-harm"][1:1 + len(CELLS)])
+    assert rows["lb-copy"][-2] == "**no harm (+0.000)**"
+    assert "Do no harm on the uniform controls" not in readme  # toy is not a uniform control
+    task.uniform = True
+    uniform = _table(render_markdown(board), "Method", "toy")
+    assert {row[0]: row[1] for row in uniform[1:]}["lb-harm"].startswith("harmful (")
+    html = build(board_dir, TaskResolver(toy_inputs["tasks"]))["index.html"]
+    assert "Do no harm, this cell" in html and "Do no harm, all cells of toy" in html
+
+
+def test_friedman_across_tasks_uses_the_non_uniform_tasks_as_blocks(tmp_path, toy_inputs):
+    from perserbench.leaderboard.board import across_tasks
+
+    task = load_board(_board(tmp_path, toy_inputs, RANKED), TaskResolver(toy_inputs["tasks"])).tasks["toy"]
+    alone = across_tasks([task])
+    assert alone.result is None and "at least 2 tasks" in alone.note
+    twin = dataclasses.replace(task, name="toy-2")
+    control = dataclasses.replace(task, name="toy-uniform", uniform=True)
+    across = across_tasks([task, twin, control])
+    assert across.blocks == ["toy", "toy-2"] and across.methods == sorted(RANKED)
+    means = {m: mean for _, m, mean in task.overall()}
+    assert across.scores == [[means[m] for m in sorted(RANKED)]] * 2
+    assert across.result is not None and across.result.n_blocks == 2

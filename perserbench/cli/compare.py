@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from perserbench.cli import app
+from perserbench.results import METRICS, PRIMARY_METRIC
 
 console = Console()
 
@@ -51,7 +52,8 @@ def summary_table(an: object) -> Table:
 @app.command("compare")
 def compare_command(
     paths: Annotated[list[Path], typer.Argument(help="Result JSON files or directories holding them.")],
-    metric: Annotated[str, typer.Option("--metric", help="macro_f1, micro_f1 or top1.")] = "macro_f1",
+    metric: Annotated[str, typer.Option("--metric", help=f"{', '.join(METRICS)} (default: the primary metric).")] \
+        = PRIMARY_METRIC,
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for report.md, report.html, report.json, figures/.")] = Path("report"),
     alpha: Annotated[float, typer.Option("--alpha", help="Significance level for marks and the critical difference.")] = 0.05,
 ) -> None:

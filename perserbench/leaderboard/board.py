@@ -6,6 +6,14 @@ Each file's cells land in one of three parts of its task (:mod:`perserbench.role
 **references** (ceilings: shown, never ranked or tested) and **other-listener controls** (only
 used for the personalization gain own − control of the same method; never ranked). Nothing
 here renders; :mod:`.markdown` and :mod:`.html` draw the same model.
+
+Every number is of :data:`~perserbench.results.PRIMARY_METRIC`; the secondary metric is shown
+beside it. Each ranked method also gets a **do-no-harm verdict** against ``consensus``
+(:func:`perserbench.stats.no_harm_test`, TOST with margin
+:data:`~perserbench.stats.NO_HARM_MARGIN`) per cell and per task. Across tasks, the board runs
+one Friedman test whose blocks are the tasks that are not uniform controls (one per generator
+or corpus), each scored by its mean over cells: the cells of one task share listeners and
+episodes, and a uniform control shares its generator's world while nothing can be ranked on it.
 """
 
 from __future__ import annotations
@@ -22,8 +30,9 @@ from perserbench.errors import PerserbenchError
 from perserbench.leaderboard.paths import check_no_stray_files, result_files
 from perserbench.leaderboard.plausibility import check_ceilings
 from perserbench.leaderboard.validate import TaskResolver, validate_result
-from perserbench.results import PRIMARY_METRIC, RunResult
+from perserbench.results import PRIMARY_METRIC, SECONDARY_METRIC, RunResult
 from perserbench.roles import BASELINE, CEILINGS, Role, headroom, role_of
+from perserbench.stats import EquivalenceTest, FriedmanResult, friedman, no_harm_test
 
 ALPHA = 0.05
 CellKey = tuple[str, int]  # (scenario, K)
@@ -40,6 +49,7 @@ class Cell:
     mean: float
     ci_low: float
     ci_high: float
+    secondary: float  # mean over listeners of SECONDARY_METRIC
     micro_f1: float
     top1: float
     n_listeners: int
@@ -79,6 +89,9 @@ class TaskBoard:
     comparisons: dict[CellKey, dict[str, Comparison]] = field(default_factory=dict)  # vs consensus
     gains: dict[CellKey, dict[str, Comparison]] = field(default_factory=dict)  # own − other-listener control
     headroom: dict[CellKey, dict[str, dict[str, float | None]]] = field(default_factory=dict)  # method -> ceiling
+    no_harm: dict[CellKey, dict[str, EquivalenceTest | None]] = field(default_factory=dict)  # vs consensus
+    no_harm_task: dict[str, EquivalenceTest | None] = field(default_factory=dict)  # over all cells of the task
+    uniform: bool = False  # a uniform control: every listener perceives alike
 
     def part(self, role: Role) -> Part:
         return {"ranked": self.ranked, "reference": self.references, "control": self.controls}[role]
@@ -144,10 +157,24 @@ def _ranks(values: Sequence[float]) -> list[int]:
     return out
 
 
+@dataclass(frozen=True)
+class AcrossTasks:
+    """Friedman over independent blocks (tasks that are not uniform controls) of the ranked
+    methods present in every cell of each block; ``result`` None with a ``note`` saying why
+    when it cannot run."""
+
+    blocks: list[str]
+    methods: list[str]
+    scores: list[list[float]]  # [block, method]: mean over the block's cells
+    result: FriedmanResult | None
+    note: str
+
+
 @dataclass
 class Board:
     tasks: dict[str, TaskBoard]
     files: list[str]
+    across: AcrossTasks | None = None
 
 
 def load_board(board_dir: Path, resolver: TaskResolver) -> Board:
@@ -165,8 +192,9 @@ def load_board(board_dir: Path, resolver: TaskResolver) -> Board:
             raise PerserbenchError(f"{path}: result files on the board must use their canonical name {canonical} "
                                    "(use `perserbench leaderboard submit`)")
         loaded.append((str(path), result))
-        board = tasks.setdefault(result.task_name, TaskBoard(result.task_name, result.task["version"],
-                                                             result.task["hash"]))
+        board = tasks.setdefault(result.task_name, TaskBoard(
+            result.task_name, result.task["version"], result.task["hash"],
+            uniform=resolver.get(result.task_name, str(path)).uniform))
         role = role_of(result, str(path))
         for cell in cells_of(result, path.name):
             slot = board.part(role).setdefault((cell.scenario, cell.shots), {})
@@ -184,7 +212,10 @@ def load_board(board_dir: Path, resolver: TaskResolver) -> Board:
             board.comparisons[key] = compare_to_baseline(ranked)
             board.gains[key] = personalization_gains(ranked, board.controls.get(key, {}))
             board.headroom[key] = headroom_captured(ranked, board.references.get(key, {}))
-    return Board(dict(sorted(tasks.items())), [Path(p).name for p, _ in loaded])
+            board.no_harm[key] = no_harm(ranked)
+        board.no_harm_task = no_harm_over_cells(board)
+    ordered = dict(sorted(tasks.items()))
+    return Board(ordered, [Path(p).name for p, _ in loaded], across_tasks(list(ordered.values())))
 
 
 def cells_of(result: RunResult, file: str) -> list[Cell]:
@@ -197,6 +228,7 @@ def cells_of(result: RunResult, file: str) -> list[Cell]:
         for k in result.shots:
             head = summary[(scenario, k, PRIMARY_METRIC)]
             out.append(Cell(result.method_name, scenario, k, head.mean, head.ci_low, head.ci_high,
+                            summary[(scenario, k, SECONDARY_METRIC)].mean,
                             summary[(scenario, k, "micro_f1")].mean, summary[(scenario, k, "top1")].mean,
                             head.n_listeners, head.n_episodes, dict(sorted(per_listener[(scenario, k)].items())),
                             file, result.perserbench_version, str(result.method.get("config_hash", ""))))
@@ -251,3 +283,49 @@ def headroom_captured(ranked: dict[str, Cell], references: dict[str, Cell]) -> d
     ceilings = [c for c in CEILINGS if c in references]
     return {m: {c: headroom(cell.mean, baseline.mean, references[c].mean) for c in ceilings}
             for m, cell in sorted(ranked.items()) if m != BASELINE and ceilings}
+
+
+def _differences(cell: Cell, baseline: Cell) -> dict[str, float]:
+    common = set(cell.per_listener) & set(baseline.per_listener)
+    return {x: cell.per_listener[x] - baseline.per_listener[x] for x in common}
+
+
+def no_harm(ranked: dict[str, Cell]) -> dict[str, EquivalenceTest | None]:
+    """The do-no-harm TOST of every ranked method against ``consensus`` in one cell."""
+    baseline = ranked.get(BASELINE)
+    if baseline is None:
+        return {}
+    return {m: no_harm_test([_differences(c, baseline)]) for m, c in sorted(ranked.items()) if m != BASELINE}
+
+
+def no_harm_over_cells(task: TaskBoard) -> dict[str, EquivalenceTest | None]:
+    """The task's do-no-harm verdict per method: each listener's difference from ``consensus``
+    averaged over the cells where both were run (cells share listeners: not independent)."""
+    out = {}
+    for method in task.methods():
+        if method == BASELINE:
+            continue
+        diffs = [_differences(cells[method], cells[BASELINE]) for cells in task.ranked.values()
+                 if method in cells and BASELINE in cells]
+        out[method] = no_harm_test(diffs) if diffs else None
+    return out
+
+
+def across_tasks(tasks: Sequence[TaskBoard], alpha: float = ALPHA) -> AcrossTasks:
+    """Friedman/Nemenyi with the non-uniform tasks as blocks, each scored by the mean over its
+    cells, over the ranked methods that have every cell of every block."""
+    blocks = [t for t in tasks if not t.uniform and t.ranked]
+    names = [t.name for t in blocks]
+    methods = sorted(set.intersection(*({m for _, m, mean in t.overall() if mean is not None} for t in blocks))) \
+        if blocks else []
+    scores = [[next(mean for _, m, mean in t.overall() if m == method) for method in methods] for t in blocks]
+    if len(blocks) < 2:
+        note = (f"Friedman test across tasks not run: it needs at least 2 tasks that are not uniform controls "
+                f"({len(blocks)} here); the cells of one task share their listeners and episodes, so they are "
+                "never used as blocks.")
+        return AcrossTasks(names, methods, scores, None, note)
+    if len(methods) < 3:
+        note = (f"Friedman test across tasks not run: it needs at least 3 ranked methods with every cell of every "
+                f"block task ({len(methods)} here).")
+        return AcrossTasks(names, methods, scores, None, note)
+    return AcrossTasks(names, methods, scores, friedman(np.array(scores), methods, alpha=alpha), "")

@@ -7,6 +7,7 @@ import base64
 import numpy as np
 
 from perserbench.leaderboard.board import CellKey, TaskBoard
+from perserbench.results import METRIC_LABELS, PRIMARY_METRIC
 
 
 def _uri(fig: object) -> str:
@@ -29,7 +30,7 @@ def shots_figure_uri(task: TaskBoard, scenario: str) -> str | None:
                               "low": [c.ci_low for _, c in points], "high": [c.ci_high for _, c in points]}
     if not series:
         return None
-    fig = plots.shots_curve(series, title=f"{task.name} · {scenario}", ylabel="macro-F1",
+    fig = plots.shots_curve(series, title=f"{task.name} · {scenario}", ylabel=METRIC_LABELS[PRIMARY_METRIC],
                             reference=task.methods("reference"))
     return _uri(fig)
 

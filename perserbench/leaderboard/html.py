@@ -9,11 +9,15 @@ import html
 from collections.abc import Iterable
 from typing import Any
 
-from perserbench.formatting import fixed, p_value, share, signed
+from perserbench.formatting import fixed, p_value, share, signed, verdict
 from perserbench.leaderboard.board import ALPHA, Board, Cell, CellKey, TaskBoard
 from perserbench.leaderboard.figures import cd_figure_uri, shots_figure_uri
 from perserbench.leaderboard.paths import RESULTS_DIR
+from perserbench.results import METRIC_LABELS, PRIMARY_METRIC, SECONDARY_METRIC
 from perserbench.roles import BASELINE
+from perserbench.stats import NO_HARM_MARGIN, EquivalenceTest
+
+PRIMARY, SECONDARY = METRIC_LABELS[PRIMARY_METRIC], METRIC_LABELS[SECONDARY_METRIC]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1200px;
@@ -100,7 +104,7 @@ def _scores(cell: Cell) -> str:
 
 
 def _details(cell: Cell) -> str:
-    return (_num(cell.micro_f1) + _num(cell.top1) + _td(str(cell.n_listeners), cell.n_listeners)
+    return (_num(cell.secondary) + _num(cell.micro_f1) + _num(cell.top1) + _td(str(cell.n_listeners), cell.n_listeners)
             + _td(str(cell.n_episodes), cell.n_episodes) + _link(cell)
             + _td(html.escape(cell.version), cell.version, "l"))
 
@@ -108,9 +112,9 @@ def _details(cell: Cell) -> str:
 def _ranked_table(task: TaskBoard, key: CellKey) -> str:
     references = task.references.get(key, {})
     ceilings = [c for c in task.ceilings if c in references] if BASELINE in task.ranked.get(key, {}) else []
-    head = (["Rank", "Method", "macro-F1", "95% CI", f"Δ vs {BASELINE}", "p (Holm)"]
-            + [f"headroom ({c})" for c in ceilings] + ["micro-F1", "top-1", "listeners", "episodes", "result",
-                                                        "perserbench"])
+    head = (["Rank", "Method", PRIMARY, "95% CI", f"Δ vs {BASELINE}", "p (Holm)"]
+            + [f"headroom ({c})" for c in ceilings] + [SECONDARY, "micro-F1", "top-1", "listeners", "episodes",
+                                                        "result", "perserbench"])
     comparisons, headroom = task.comparisons.get(key, {}), task.headroom.get(key, {})
     rows = []
     for rank, cell in task.cell_ranking(key):
@@ -124,7 +128,8 @@ def _ranked_table(task: TaskBoard, key: CellKey) -> str:
 
 
 def _references_table(task: TaskBoard, key: CellKey) -> str:
-    head = ["Reference", "macro-F1", "95% CI", "micro-F1", "top-1", "listeners", "episodes", "result", "perserbench"]
+    head = ["Reference", PRIMARY, "95% CI", SECONDARY, "micro-F1", "top-1", "listeners", "episodes", "result",
+            "perserbench"]
     rows = ["<tr>" + _td(html.escape(m), m, "l") + _scores(c) + _details(c) + "</tr>"
             for m, c in sorted(task.references.get(key, {}).items())]
     return _table(head, {"Reference", "result", "perserbench"}, rows)
@@ -143,6 +148,26 @@ def _gain_table(task: TaskBoard, key: CellKey) -> str:
     return _table(head, {"Method", "control result"}, rows)
 
 
+def _verdict_cells(test: EquivalenceTest | None) -> str:
+    if test is None:
+        return _td("—", "") + _td("—", "") + _td("—", "") + _td("—", "")
+    css = {"no harm": "up", "harmful": "down"}.get(test.verdict, "")
+    return (_td(html.escape(test.verdict), test.verdict, f"l {css}") + _td(signed(test.mean), f"{test.mean:.12f}")
+            + _td(f"[{test.ci_low:+.3f}, {test.ci_high:+.3f}]", f"{test.ci_low:.12f}")
+            + _td(f"{100 * test.power:.0f}%", f"{test.power:.12f}"))
+
+
+def _no_harm_table(tests: dict[str, EquivalenceTest | None]) -> str:
+    head = ["Method", "verdict", f"Δ vs {BASELINE}", "90% CI", "power"]
+    rows = ["<tr>" + _td(html.escape(m), m, "l") + _verdict_cells(t) + "</tr>" for m, t in sorted(tests.items())]
+    return _table(head, {"Method", "verdict"}, rows)
+
+
+_NO_HARM = (f"<small>(method − {BASELINE} per test listener, TOST with margin ±{NO_HARM_MARGIN}: no harm = "
+            "equivalent or significantly better, harmful = significantly worse, inconclusive = neither; power of "
+            "the equivalence test)</small>")
+
+
 def _cell(task: TaskBoard, key: CellKey, active: bool) -> list[str]:
     on = " active" if active else ""
     parts = [f'<div class="cell{on}" data-scenario="{key[0]}" data-shots="{key[1]}"><h3>{key[0]}, K = {key[1]}</h3>',
@@ -153,6 +178,8 @@ def _cell(task: TaskBoard, key: CellKey, active: bool) -> list[str]:
     if task.controls.get(key):
         parts += [("<h4>Personalization gain <small>(own support − other-listener control, paired over test "
                   "listeners)</small></h4>"), _gain_table(task, key)]
+    if task.no_harm.get(key):
+        parts += [f"<h4>Do no harm, this cell {_NO_HARM}</h4>", _no_harm_table(task.no_harm[key])]
     uri = cd_figure_uri(task, key)
     if uri:
         parts.append(f'<figure><img alt="critical-difference diagram, {html.escape(task.name)} {key[0]} K={key[1]}" '
@@ -167,14 +194,46 @@ def _cell(task: TaskBoard, key: CellKey, active: bool) -> list[str]:
 
 
 _INTRO = ("<p>Listener-personalized speech emotion recognition. Built by <code>perserbench leaderboard "
-          "build</code> from the validated result files in <code>results/</code> only. macro-F1 is the mean "
-          "over test listeners with a 95% hierarchical-bootstrap CI; Δ and p compare each ranked method with "
+          f"build</code> from the validated result files in <code>results/</code> only. {PRIMARY} is the mean "
+          f"over test listeners with a 95% bootstrap CI (the {SECONDARY} beside it); Δ and p compare each ranked "
+          "method with "
           f"<code>{BASELINE}</code>, paired over test listeners, Holm-adjusted within the cell "
           f"(▲/▼: significant at α = {ALPHA}). Every ranked result passed the runner's independence audit and "
           "none lies above the oracle ceiling. References (true listener model, many-shot personal labels) used "
           "privileged information and are never ranked; headroom captured = (method − consensus) / (ceiling − "
           "consensus); personalization gain = own support − other-listener control. Click a column header to "
           "sort.</p>")
+
+
+def _across_html(board: Board) -> list[str]:
+    """Sections that span tasks: the uniform controls' verdicts and the Friedman test over tasks."""
+    parts = []
+    uniform = [t for t in board.tasks.values() if t.uniform and t.no_harm_task]
+    if uniform:
+        methods = sorted({m for t in uniform for m in t.no_harm_task})
+        rows = ["<tr>" + _td(html.escape(m), m, "l")
+                + "".join(_td(html.escape(verdict(t.no_harm_task.get(m))), verdict(t.no_harm_task.get(m)), "l")
+                          for t in uniform) + "</tr>" for m in methods]
+        parts += [f"<h2>Do no harm on the uniform controls {_NO_HARM}</h2>",
+                  _table(["Method", *(html.escape(t.name) for t in uniform)],
+                         {"Method", *(html.escape(t.name) for t in uniform)}, rows)]
+    across = board.across
+    if across is not None and across.blocks:
+        parts.append(f"<h2>Across tasks <small>(Friedman over the tasks that are not uniform controls: "
+                     f"{html.escape(', '.join(across.blocks))}; mean {html.escape(PRIMARY)} over each task's "
+                     "cells)</small></h2>")
+        if across.result is None:
+            parts.append(f'<p class="empty">{html.escape(across.note)}</p>')
+        else:
+            res = across.result
+            parts.append(f"<p>χ²_F = {res.chi2:.3f}, p = {p_value(res.p_value)}; Iman–Davenport p = "
+                         f"{p_value(res.iman_davenport_p)}; Nemenyi CD = {res.cd:.3f} (α = {res.alpha}).</p>")
+            rows = ["<tr>" + _td(html.escape(m), m, "l") + _td(f"{r:.2f}", f"{r:.12f}")
+                    + "".join(_num(across.scores[b][j]) for b in range(len(across.blocks))) + "</tr>"
+                    for j, (m, r) in enumerate(zip(res.methods, res.avg_ranks))]
+            parts.append(_table(["Method", "average rank", *(html.escape(b) for b in across.blocks)], {"Method"},
+                                rows))
+    return parts
 
 
 def render_html(board: Board) -> str:
@@ -208,13 +267,18 @@ def render_html(board: Board) -> str:
                      f"<code>{task.hash}</code></small></h2>")
         for key in task.cell_keys:
             parts += _cell(task, key, i == 0 and key == (default_scenario, default_k))
+        if task.no_harm_task:
+            note = " — a uniform control: personalization cannot help here" if task.uniform else ""
+            parts += [f"<h4>Do no harm, all cells of {html.escape(task.name)}{note} {_NO_HARM}</h4>",
+                      _no_harm_table(task.no_harm_task)]
         for scenario in task.scenarios:
             uri = shots_figure_uri(task, scenario)
             if uri:
                 on = " active" if i == 0 and scenario == default_scenario else ""
-                parts.append(f'<figure class="curve{on}" data-scenario="{scenario}"><img alt="macro-F1 versus '
-                             f'shots, {html.escape(task.name)} {scenario}" src="{uri}"><figcaption>macro-F1 versus K '
+                parts.append(f'<figure class="curve{on}" data-scenario="{scenario}"><img alt="{html.escape(PRIMARY)} versus '
+                             f'shots, {html.escape(task.name)} {scenario}" src="{uri}"><figcaption>{html.escape(PRIMARY)} versus K '
                              f"({scenario}), shaded: 95% CI; references dashed.</figcaption></figure>")
         parts.append("</section>")
+    parts += _across_html(board)
     parts += [f"<script>{_JS}</script>", "</body></html>", ""]
     return "\n".join(parts)

@@ -3,10 +3,14 @@ ceiling / references, headroom captured and personalization gain, each its own t
 
 from __future__ import annotations
 
-from perserbench.formatting import fixed, share, signed
-from perserbench.leaderboard.board import ALPHA, Board, Cell, CellKey, TaskBoard
+from perserbench.formatting import fixed, p_value, share, signed, verdict
+from perserbench.leaderboard.board import ALPHA, AcrossTasks, Board, Cell, CellKey, TaskBoard
 from perserbench.leaderboard.paths import RESULTS_DIR
+from perserbench.results import METRIC_LABELS, PRIMARY_METRIC, SECONDARY_METRIC
 from perserbench.roles import BASELINE, CEILINGS
+from perserbench.stats import NO_HARM_MARGIN
+
+PRIMARY, SECONDARY = METRIC_LABELS[PRIMARY_METRIC], METRIC_LABELS[SECONDARY_METRIC]
 
 
 def with_ci(cell: Cell) -> str:
@@ -74,6 +78,67 @@ def _gain_table(task: TaskBoard, keys: list[CellKey]) -> list[str]:
     return lines
 
 
+def _secondary_table(task: TaskBoard, keys: list[CellKey]) -> list[str]:
+    lines = [_row(["Method", *_headers(keys)]), _rule(1, len(keys))]
+    for _, method, _ in task.overall():
+        lines.append(_row([method, *(fixed(c.secondary) if (c := task.ranked.get(key, {}).get(method)) else "—"
+                                     for key in keys)]))
+    return lines
+
+
+def _no_harm_table(task: TaskBoard, keys: list[CellKey]) -> list[str]:
+    lines = [_row(["Method", *_headers(keys), "all cells", "90% CI (all cells)"]), _rule(1, len(keys) + 2)]
+    for method in task.methods():
+        if method == BASELINE:
+            continue
+        overall = task.no_harm_task.get(method)
+        ci = "—" if overall is None else f"[{overall.ci_low:+.3f}, {overall.ci_high:+.3f}]"
+        lines.append(_row([method, *(verdict(task.no_harm.get(key, {}).get(method)) for key in keys),
+                           f"**{verdict(overall)}**", ci]))
+    return lines
+
+
+NO_HARM_TEXT = (f"**Do no harm** — each method − `{BASELINE}` per test listener, TOST equivalence test with margin "
+                f"±{NO_HARM_MARGIN} (α = {ALPHA}): *no harm* = shown equivalent or significantly better, *harmful* = "
+                "significantly worse, *inconclusive* = neither (with the power of the equivalence test). All cells: "
+                "each listener's difference averaged over the cells of the task.")
+
+
+def _uniform_summary(board: Board) -> list[str]:
+    """One table of the task-level verdicts on the uniform controls (one per generator)."""
+    uniform = [t for t in board.tasks.values() if t.uniform and t.no_harm_task]
+    if not uniform:
+        return []
+    methods = sorted({m for t in uniform for m in t.no_harm_task})
+    lines = ["## Do no harm on the uniform controls", "",
+             ("On a uniform control every listener perceives alike, so personalization cannot help and an adaptive "
+              f"method should score what `{BASELINE}` scores. " + NO_HARM_TEXT.split(" — ", 1)[1]), "",
+             _row(["Method", *(t.name for t in uniform)]), _rule(1, len(uniform))]
+    for method in methods:
+        lines.append(_row([method, *(verdict(t.no_harm_task.get(method)) for t in uniform)]))
+    return lines + [""]
+
+
+def _across_tasks(across: AcrossTasks | None) -> list[str]:
+    if across is None or not across.blocks:
+        return []
+    lines = ["## Across tasks", "",
+             (f"Friedman test over independent blocks: the tasks that are not uniform controls "
+              f"({', '.join(across.blocks)}), each method scored by its mean {PRIMARY} over the task's cells; "
+              "the cells of one task share their listeners and episodes, so they are never blocks."), ""]
+    if across.result is None:
+        return lines + [across.note, ""]
+    res = across.result
+    order = sorted(range(len(res.methods)), key=lambda j: (res.avg_ranks[j], res.methods[j]))
+    lines += [(f"{res.n_blocks} blocks, {len(res.methods)} methods: χ²_F = {res.chi2:.3f}, p = {p_value(res.p_value)}; "
+               f"Iman–Davenport p = {p_value(res.iman_davenport_p)}; Nemenyi CD = {res.cd:.3f} (α = {res.alpha})."),
+              "", _row(["Method", "average rank", *across.blocks]), _rule(1, 1 + len(across.blocks))]
+    for j in order:
+        lines.append(_row([res.methods[j], f"{res.avg_ranks[j]:.2f}",
+                           *(fixed(across.scores[b][j]) for b in range(len(across.blocks)))]))
+    return lines + [""]
+
+
 def render_markdown(board: Board) -> str:
     lines = [
         "# perserbench leaderboard",
@@ -82,9 +147,10 @@ def render_markdown(board: Board) -> str:
          "only; CI runs `perserbench leaderboard build --check`, which fails when a result file is "
          "invalid or this page is stale. An interactive version with plots is in `index.html`."),
         "",
-        ("Cells: macro-F1 (mean over test listeners) with its 95% hierarchical-bootstrap CI. "
+        (f"Cells: {PRIMARY} (mean over test listeners) with its 95% bootstrap CI; the {SECONDARY} is shown "
+         "beside it (docs/metrics.md says why this one is primary). "
          f"▲/▼: significantly better/worse than `{BASELINE}` (paired over test listeners, "
-         f"Holm-adjusted over the methods of the cell, α = {ALPHA}). Rank: by mean macro-F1 over all "
+         f"Holm-adjusted over the methods of the cell, α = {ALPHA}). Rank: by mean {PRIMARY} over all "
          "cells of the task; methods without every cell are listed unranked. Every ranked result passed "
          "the runner's independence audit, and none lies above the oracle ceiling's upper bound. "
          f"References ({', '.join(f'`{c}`' for c in CEILINGS)}) used privileged information: they are "
@@ -95,10 +161,15 @@ def render_markdown(board: Board) -> str:
     ]
     if not board.tasks:
         lines += ["No results yet. Add one with `perserbench leaderboard submit RESULT.json`.", ""]
+    lines += _uniform_summary(board)
     for task in board.tasks.values():
         keys = task.cell_keys
-        lines += [f"## {task.name}", "", f"Task version {task.version}, split hash `{task.hash}`.", ""]
+        kind = " A uniform control: personalization cannot help here." if task.uniform else ""
+        lines += [f"## {task.name}", "", f"Task version {task.version}, split hash `{task.hash}`.{kind}", ""]
         lines += _ranked_table(task, keys) + [""]
+        if task.ranked:
+            lines += [f"**{SECONDARY}** (secondary metric, mean over test listeners):", ""]
+            lines += _secondary_table(task, keys) + [""]
         if task.references:
             lines += ["**Ceiling / references** (not ranked):", ""] + _references_table(task, keys) + [""]
         if task.ceilings and any(task.headroom.values()):
@@ -108,6 +179,9 @@ def render_markdown(board: Board) -> str:
             lines += [(f"**Personalization gain** — own support − other-listener control, paired over test listeners "
                       f"(▲/▼: Wilcoxon, Holm-adjusted over the methods of the cell, α = {ALPHA}):"), ""]
             lines += _gain_table(task, keys) + [""]
+        if any(task.no_harm.values()):
+            lines += [NO_HARM_TEXT, ""] + _no_harm_table(task, keys) + [""]
+    lines += _across_tasks(board.across)
     lines += ["## Submitting", "",
               ("Run your method with `perserbench run --method NAME --task TASK --out runs`, then "
                "`perserbench leaderboard submit runs/<file>.json` and `perserbench leaderboard build`, "

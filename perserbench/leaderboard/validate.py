@@ -30,7 +30,7 @@ from typing import Any
 
 from perserbench.errors import PerserbenchError
 from perserbench.leaderboard.plausibility import check_audit, check_reference_flag
-from perserbench.results import METRICS, RunResult, load_result
+from perserbench.results import EPISODE_METRICS, RunResult, load_result
 from perserbench.roles import role_of
 
 TOLERANCE = 1e-9
@@ -49,6 +49,7 @@ class TaskInfo:
     shots: tuple[int, ...]
     required: dict[EpisodeKey, tuple[int, int]]
     development: bool = False
+    uniform: bool = False  # a uniform control (corpus option uniform = true): no personalization can help
 
 
 class TaskResolver:
@@ -84,8 +85,10 @@ class TaskResolver:
         except PerserbenchError as exc:
             raise PerserbenchError(f"{source}: task {name!r} cannot be resolved: {exc}") from None
         spec = task.spec
+        uniform = {**spec.corpus.options, **(self.corpus_options or {})}.get("uniform", False)
         return TaskInfo(spec.name, spec.version, task_hash, tuple(spec.episodes.scenarios),
-                        tuple(spec.episodes.shots), required, spec.is_development)
+                        tuple(spec.episodes.shots), required, spec.is_development,
+                        uniform is True or str(uniform).lower() == "true")
 
 
 def validate_result(path: Path, resolver: TaskResolver) -> RunResult:
@@ -161,11 +164,40 @@ def _check_episodes(result: RunResult, info: TaskInfo, src: str) -> None:
                 f"{src}: {_describe(key + (rec.seed,))} has {rec.n_support} support / {rec.n_query} query "
                 f"items; the task prescribes {required[key][0]} / {required[key][1]}"
             )
-        for metric in METRICS:
+        for metric in EPISODE_METRICS:
             value = getattr(rec, metric)
             if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise PerserbenchError(f"{src}: {_describe(key + (rec.seed,))} has {metric} = {value!r}, "
                                        "not a number in [0, 1]")
+    _check_counts(result, src)
+
+
+def _check_counts(result: RunResult, src: str) -> None:
+    """Per-class counts: one non-negative integer per class (the same classes in every record),
+    at most the query size per class, and the episode's macro- and micro-F1 must recompute
+    from them (so the pooled metric and the per-episode metric describe the same predictions)."""
+    from perserbench.metrics import f1_from_counts
+
+    n_classes = None
+    for rec in result.episodes:
+        where = _describe((rec.fold, rec.listener, rec.scenario, rec.shots, rec.episode, rec.seed))
+        counts = (rec.tp, rec.fp, rec.fn)
+        if not all(isinstance(c, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in c)
+                   for c in counts):
+            raise PerserbenchError(f"{src}: {where} has per-class counts that are not lists of non-negative integers")
+        n_classes = len(rec.tp) if n_classes is None else n_classes
+        if not n_classes or any(len(c) != n_classes for c in counts):
+            raise PerserbenchError(f"{src}: {where} has per-class counts of lengths {[len(c) for c in counts]}; "
+                                   f"expected {n_classes} classes in every record")
+        tp, fp, fn = counts
+        if any(t + f > rec.n_query for t, f in zip(tp, fp)) or any(t + f > rec.n_query for t, f in zip(tp, fn)):
+            raise PerserbenchError(f"{src}: {where} counts more predictions or truths of a class than its "
+                                   f"{rec.n_query} query items")
+        macro, micro = f1_from_counts(tp, fp, fn)
+        for metric, value in (("macro_f1", macro), ("micro_f1", micro)):
+            if abs(getattr(rec, metric) - value) > TOLERANCE:
+                raise PerserbenchError(f"{src}: {where} has {metric} = {getattr(rec, metric)!r}, but its per-class "
+                                       f"counts give {value!r}")
 
 
 def _describe(key: tuple) -> str:

@@ -11,7 +11,13 @@ Which results take part in what is decided by their role (:mod:`perserbench.role
 
 Friedman/Nemenyi blocks must be independent samples: within a cell the blocks are the test
 listeners; across cells the blocks are **tasks** (each scored by the mean over its cells), never
-the K values or scenarios of one task, which share listeners, utterances and episodes.
+the K values or scenarios of one task, which share listeners, utterances and episodes. Uniform
+controls (task names ending in ``-uniform``) are not blocks either: nothing can be ranked where
+personalization cannot help, and each shares its generator's world with its heterogeneous task.
+
+Every ranked method also gets a **do-no-harm verdict** against ``consensus``
+(:func:`perserbench.stats.no_harm_test`, TOST), per cell and per task (each listener's
+difference averaged over the task's cells).
 """
 
 from __future__ import annotations
@@ -25,15 +31,24 @@ import numpy as np
 from perserbench.report.load import CellKey, ComparisonData
 from perserbench.roles import BASELINE, CEILINGS, Role, headroom
 from perserbench.stats import (
+    EquivalenceTest,
     FriedmanResult,
     PairComparison,
     compare_pair,
     friedman,
     hierarchical_bootstrap_ci,
     holm,
+    no_harm_test,
 )
 
 ALPHA = 0.05
+UNIFORM_SUFFIX = "-uniform"
+
+
+def is_uniform_control(task: str) -> bool:
+    """A uniform control task (every listener perceives alike), recognised by its name as the
+    built-in ones are (synthetic-uniform, synthetic-confusion-uniform, ...)."""
+    return task.endswith(UNIFORM_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -49,6 +64,7 @@ class MethodCell:
     vs_reference: str = ""  # "▲", "▼" or "": against consensus
     worse_than_best: bool = False
     headroom: dict[str, float | None] = field(default_factory=dict)  # ceiling label -> share captured
+    no_harm: EquivalenceTest | None = None  # TOST against consensus over listeners
 
     @property
     def marks(self) -> str:
@@ -64,6 +80,11 @@ class CellAnalysis:
     friedman: FriedmanResult | None
     friedman_note: str = ""
     listener_scores: dict[str, list[float]] = field(default_factory=dict)  # label -> per-listener means
+    listeners: list[tuple[int, str]] = field(default_factory=list)  # (fold, listener), the order of listener_scores
+
+    def differences(self, a: str, b: str) -> dict[tuple[int, str], float]:
+        """Per listener: score of ``a`` − score of ``b``."""
+        return {fx: x - y for fx, x, y in zip(self.listeners, self.listener_scores[a], self.listener_scores[b])}
 
     @property
     def title(self) -> str:
@@ -79,6 +100,7 @@ class Analysis:
     overall_note: str
     overall_blocks: dict[str, list[CellKey]]  # task -> the cells its block score averages
     overall_scores: np.ndarray | None  # [tasks, ranked methods]
+    no_harm: dict[str, dict[str, EquivalenceTest | None]] = field(default_factory=dict)  # task -> label -> test
 
 
 def _baseline(labels: Sequence[str], data: ComparisonData) -> str | None:
@@ -157,7 +179,32 @@ def analyse_cell(data: ComparisonData, key: CellKey, alpha: float = ALPHA) -> Ce
         scores = np.array([[float(np.mean(groups[m][i])) for m in ranked] for i in range(len(listeners))])
         result = friedman(scores, ranked, alpha=alpha)
     listener_scores = {m: [float(np.mean(g)) for g in groups[m]] for m in labels}
-    return CellAnalysis(key, cells, pairs, gains, result, note, listener_scores)
+    out = CellAnalysis(key, cells, pairs, gains, result, note, listener_scores, listeners)
+    if base:
+        for label in ranked:
+            if label != base:
+                out.methods[label] = dataclasses.replace(out.methods[label],
+                                                         no_harm=no_harm_test([out.differences(label, base)]))
+    return out
+
+
+def no_harm_by_task(data: ComparisonData, cells: Sequence[CellAnalysis]) -> dict[str, dict[str, EquivalenceTest | None]]:
+    """Per task and ranked method: the do-no-harm TOST on each listener's difference from
+    ``consensus`` averaged over the task's cells where both were run."""
+    out: dict[str, dict[str, EquivalenceTest | None]] = {}
+    for task in data.tasks:
+        tcells = [c for c in cells if c.key[0] == task]
+        ranked = sorted({x for c in tcells for x in c.methods if data.methods[x].role == "ranked"})
+        base = _baseline(ranked, data)
+        if base is None:
+            continue
+        out[task] = {}
+        for label in ranked:
+            if label == base:
+                continue
+            diffs = [c.differences(label, base) for c in tcells if label in c.methods and base in c.methods]
+            out[task][label] = no_harm_test(diffs) if diffs else None
+    return out
 
 
 def analyse(data: ComparisonData, alpha: float = ALPHA) -> Analysis:
@@ -165,7 +212,7 @@ def analyse(data: ComparisonData, alpha: float = ALPHA) -> Analysis:
     cells = [analyse_cell(data, key, alpha) for key in data.cell_keys()]
     ranked = sorted({label for label, m in data.methods.items() if m.role == "ranked"})
     blocks = {task: [c.key for c in cells if c.key[0] == task and all(m in c.methods for m in ranked)]
-              for task in data.tasks}
+              for task in data.tasks if not is_uniform_control(task)}
     blocks = {task: keys for task, keys in blocks.items() if keys}
     overall, note, scores = None, "", None
     if len(ranked) < 3:
@@ -173,12 +220,12 @@ def analyse(data: ComparisonData, alpha: float = ALPHA) -> Analysis:
                 "With two methods, read the paired tests of each cell.")
     elif len(blocks) < 2:
         note = (f"Friedman test across tasks not run: it needs at least 2 tasks with a cell in which all "
-                f"{len(ranked)} ranked methods were run ({len(blocks)} here). The cells of one task share their "
-                "listeners, utterances and episodes, so they are not independent blocks; within a task, read the "
-                "Friedman test over listeners of each cell.")
+                f"{len(ranked)} ranked methods were run ({len(blocks)} here; uniform controls are not blocks). The "
+                "cells of one task share their listeners, utterances and episodes, so they are not independent "
+                "blocks; within a task, read the Friedman test over listeners of each cell.")
     else:
         by_key = {c.key: c for c in cells}
         scores = np.array([[float(np.mean([by_key[k].methods[m].mean for k in keys])) for m in ranked]
                            for keys in blocks.values()])
         overall = friedman(scores, ranked, alpha=alpha)
-    return Analysis(data, alpha, cells, overall, note, blocks, scores)
+    return Analysis(data, alpha, cells, overall, note, blocks, scores, no_harm_by_task(data, cells))

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from perserbench.formatting import fixed, p_value, share, signed
-from perserbench.report.analysis import Analysis, CellAnalysis, MethodCell
+from perserbench.formatting import fixed, p_value, share, signed, verdict
+from perserbench.report.analysis import Analysis, CellAnalysis, MethodCell, is_uniform_control
+from perserbench.results import METRIC_LABELS, POOLED_METRIC, PRIMARY_METRIC, SECONDARY_METRIC
 from perserbench.roles import BASELINE, CEILINGS
-from perserbench.stats import FriedmanResult, PairComparison
+from perserbench.stats import NO_HARM_MARGIN, FriedmanResult, PairComparison
 
 
 @dataclass
@@ -127,6 +128,21 @@ def _task_blocks(an: Analysis, task: str) -> list[Block]:
                          f"Holm-adjusted over the methods of the cell, α = {alpha}. What remains under the control "
                          "is domain adaptation, not personalization.")),
                    ("table", _by_cell(tcells, owners, gain))]
+    verdicts = an.no_harm.get(task, {})
+    if verdicts:
+        table = _by_cell(tcells, sorted(verdicts), lambda c, x: verdict(m.no_harm) if (m := c.methods.get(x)) else None)
+        table.header.append("all cells")
+        for row, label in zip(table.rows, sorted(verdicts)):
+            row.append(verdict(verdicts[label]))
+        uniform = (" This is a uniform control: personalization cannot help, so an adaptive method should score what "
+                   f"{BASELINE} scores." if is_uniform_control(task) else "")
+        blocks += [("h3", f"Do no harm — {task}"),
+                   ("p", (f"Each ranked method − {BASELINE} per listener, TOST equivalence test with margin "
+                          f"±{NO_HARM_MARGIN} (α = {alpha}): no harm = shown equivalent or significantly better; "
+                          "harmful = significantly worse; inconclusive = neither, shown with the power of the "
+                          "equivalence test. All cells: each listener's difference averaged over the task's cells "
+                          f"(they share listeners).{uniform}")),
+                   ("table", table)]
     for scenario in sorted({c.key[1] for c in tcells}):
         series = {}
         for label in ranked + references:
@@ -188,11 +204,15 @@ def build_blocks(an: Analysis) -> list[Block]:
     data, alpha = an.data, an.alpha
     blocks: list[Block] = [("h1", "perserbench comparison report")]
     seeds = ", ".join(f"{m.label}: {sorted(m.seeds)}" for m in data.methods.values())
-    blocks.append(("p", f"Metric: {data.metric}. Methods (seeds): {seeds}. Tasks: "
+    chosen = {PRIMARY_METRIC: "the primary metric", SECONDARY_METRIC: "the secondary metric"}.get(data.metric, "")
+    metric = f"{METRIC_LABELS[data.metric]} ({data.metric}{', ' + chosen if chosen else ''}; docs/metrics.md)"
+    unit = ("its class counts pooled over its episodes and seeds" if data.metric == POOLED_METRIC
+            else "mean over its episodes")
+    blocks.append(("p", f"Metric: {metric}. Methods (seeds): {seeds}. Tasks: "
                         + ", ".join(f"{t} (split hash {h})" for t, h in data.tasks.items())
                         + f". {len(data.files)} result file(s). Seeds are averaged within each listener-episode."))
-    blocks.append(("p", (f"Unit of analysis: the test listener (mean over its episodes). Cells: mean over listeners "
-                         f"[95% hierarchical-bootstrap CI]. Bold: best ranked method of the column. "
+    blocks.append(("p", (f"Unit of analysis: the test listener ({unit}). Cells: mean over listeners "
+                         f"[95% bootstrap CI, listeners then episodes]. Bold: best ranked method of the column. "
                          f"▲/▼: significantly better/worse than {BASELINE}; †: significantly worse than the "
                          f"column's best (two-sided Wilcoxon signed-rank over listeners, Holm-adjusted over all "
                          f"pairs of ranked methods in the cell, α = {alpha}). References ({', '.join(CEILINGS)}) and "

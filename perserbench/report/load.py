@@ -1,5 +1,10 @@
 """Loading a comparison: result files → per-method, seed-averaged episode scores, refused
-unless they are comparable (same splits, same listeners and episodes in every cell)."""
+unless they are comparable (same splits, same listeners and episodes in every cell).
+
+With the listener-pooled metric a listener has one score per cell, not one per episode: its
+class counts summed over its episodes and seeds. It is stored as that listener's single
+"episode" (index :data:`POOLED_EPISODE`), after the episodes were checked to match, so every
+statistic downstream (bootstrap, paired tests, Friedman) runs unchanged over listeners."""
 
 from __future__ import annotations
 
@@ -11,12 +16,21 @@ from pathlib import Path
 import numpy as np
 
 from perserbench.errors import PerserbenchError
-from perserbench.results import METRICS, RunResult, find_result_files, load_result
+from perserbench.results import (
+    METRICS,
+    POOLED_METRIC,
+    PRIMARY_METRIC,
+    EpisodeRecord,
+    RunResult,
+    find_result_files,
+    load_result,
+)
 from perserbench.roles import Role, role_of
 
 CellKey = tuple[str, str, int]  # (task, scenario, K)
 EpisodeKey = tuple[int, str, int]  # (fold, listener, episode)
 CONTROL_SUFFIX = " (other-listener)"  # label of a method's other-listener control
+POOLED_EPISODE = -1  # the episode index of a listener's one pooled score
 
 
 @dataclass
@@ -52,7 +66,7 @@ class ComparisonData:
                       if key in m.cells and (role is None or m.role == role))
 
 
-def load_comparison(paths: Sequence[Path], metric: str = "macro_f1") -> ComparisonData:
+def load_comparison(paths: Sequence[Path], metric: str = PRIMARY_METRIC) -> ComparisonData:
     """Load result files (directories are searched recursively) and check they are comparable."""
     if metric not in METRICS:
         raise PerserbenchError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
@@ -61,8 +75,10 @@ def load_comparison(paths: Sequence[Path], metric: str = "macro_f1") -> Comparis
     return combine(results, metric)
 
 
-def combine(results: Sequence[tuple[str, RunResult]], metric: str = "macro_f1") -> ComparisonData:
+def combine(results: Sequence[tuple[str, RunResult]], metric: str = PRIMARY_METRIC) -> ComparisonData:
     """Merge (source, result) pairs into per-method, seed-averaged scores; refuse mismatches."""
+    if metric not in METRICS:
+        raise PerserbenchError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     tasks: dict[str, tuple[str, str]] = {}  # name -> (hash, first file)
     configs: dict[tuple[str, str], set[str]] = defaultdict(set)  # (task, method) -> config hashes
     for src, r in results:
@@ -76,7 +92,7 @@ def combine(results: Sequence[tuple[str, RunResult]], metric: str = "macro_f1") 
     ambiguous = {name for (_, name), hashes in configs.items() if len(hashes) > 1}
 
     methods: dict[str, MethodScores] = {}
-    raw: dict[tuple[str, CellKey, EpisodeKey], dict[int, float]] = defaultdict(dict)
+    raw: dict[tuple[str, CellKey, EpisodeKey], dict[int, EpisodeRecord]] = defaultdict(dict)
     where: dict[tuple[str, CellKey, EpisodeKey, int], str] = {}
     for src, r in results:
         chash, role = str(r.method.get("config_hash", "")), role_of(r, src)
@@ -95,12 +111,13 @@ def combine(results: Sequence[tuple[str, RunResult]], metric: str = "macro_f1") 
                     f"episodes: {label} seed {rec.seed} {cell[1]} K={cell[2]} listener {rec.listener} episode "
                     f"{rec.episode} appears twice ({where[(label, cell, ep, rec.seed)]} and {src}); pass each run once"
                 )
-            slot[rec.seed] = float(getattr(rec, metric))
+            slot[rec.seed] = rec
             where[(label, cell, ep, rec.seed)] = src
             m.seeds.add(rec.seed)
     seed_sets: dict[tuple[str, CellKey], set[frozenset[int]]] = defaultdict(set)
     for (label, cell, ep), by_seed in raw.items():
-        methods[label].cells.setdefault(cell, {})[ep] = float(np.mean(list(by_seed.values())))
+        value = 0.0 if metric == POOLED_METRIC else float(np.mean([getattr(r, metric) for r in by_seed.values()]))
+        methods[label].cells.setdefault(cell, {})[ep] = value
         seed_sets[(label, cell)].add(frozenset(by_seed))
     for (label, cell), sets in seed_sets.items():
         if len(sets) > 1:
@@ -110,7 +127,22 @@ def combine(results: Sequence[tuple[str, RunResult]], metric: str = "macro_f1") 
     data = ComparisonData(metric, [s for s, _ in results], {t: h for t, (h, _) in sorted(tasks.items())},
                           dict(sorted(methods.items())))
     _check_cells(data)
+    if metric == POOLED_METRIC:
+        _pool(data, raw)
     return data
+
+
+def _pool(data: ComparisonData, raw: dict[tuple[str, CellKey, EpisodeKey], dict[int, EpisodeRecord]]) -> None:
+    """Replace each listener's episodes by its one pooled score (counts over episodes and seeds)."""
+    from perserbench.metrics import pooled_f1
+
+    records: dict[tuple[str, CellKey, tuple[int, str]], list[EpisodeRecord]] = defaultdict(list)
+    for (label, cell, (fold, listener, _)), by_seed in raw.items():
+        records[(label, cell, (fold, listener))].extend(by_seed.values())
+    for m in data.methods.values():
+        m.cells = {cell: {} for cell in m.cells}
+    for (label, cell, (fold, listener)), recs in records.items():
+        data.methods[label].cells[cell][(fold, listener, POOLED_EPISODE)] = pooled_f1(recs)
 
 
 def _check_cells(data: ComparisonData) -> None:

@@ -95,6 +95,12 @@ def analysis_json(an: Analysis) -> str:
         "overall": friedman_dict(an.overall),
         "overall_blocks": [{"task": task, "cells": [[s, k] for _, s, k in keys]}
                            for task, keys in an.overall_blocks.items()],
+        "no_harm": [{"task": c.key[0], "scenario": c.key[1], "shots": c.key[2], "method": m.label,
+                     "verdict": m.no_harm.verdict, **dataclasses.asdict(m.no_harm)}
+                    for c in an.cells for m in c.methods.values() if m.no_harm is not None]
+                   + [{"task": task, "scenario": None, "shots": None, "method": label, "verdict": t.verdict,
+                       **dataclasses.asdict(t)} for task, tests in an.no_harm.items()
+                      for label, t in tests.items() if t is not None],
     }
     return json.dumps(doc, indent=1, sort_keys=True, allow_nan=True) + "\n"
 
