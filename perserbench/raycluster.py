@@ -48,7 +48,7 @@ def task_failure(exc: BaseException) -> str:
             return str(cause)
         return f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
     if isinstance(exc, (rex.WorkerCrashedError, rex.NodeDiedError, rex.OutOfMemoryError)):
-        return f"its Ray worker died ({type(exc).__name__}), also on every retry"
+        return f"its Ray worker died ({type(exc).__name__}; Ray retries such a task before giving up)"
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 

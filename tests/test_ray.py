@@ -35,15 +35,23 @@ def tiny_wavlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_wavlm(tmp_path_factory.mktemp("up") / "tiny-wavlm")
 
 
-@pytest.fixture()
-def corpus(tmp_path: Path):
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory):
     """A CREMA-D-shaped corpus of clips of different lengths, so that a row's features depend
-    on the batch it is padded in (which is what byte-identity must get right)."""
-    root = tmp_path / "crema"
+    on the batch it is padded in (which is what byte-identity must get right). The tests
+    share it and its cache, each writing its own feature key."""
+    base = tmp_path_factory.mktemp("ray-corpus")
+    root = base / "crema"
     write_crema_d(root, actors=(1001, 1002), clips_per_actor=5)
     for i, wav in enumerate(sorted((root / "AudioWAV").glob("*.wav"))):
         write_wav(wav, 0.15 + 0.05 * (i % 5), 16_000, seed=100 + i)
-    return load_corpus("crema-d", root=str(root), cache_dir=str(tmp_path / "cache"))
+    return load_corpus("crema-d", root=str(root), cache_dir=str(base / "cache"))
+
+
+@pytest.fixture(scope="module")
+def local_entry(corpus, tiny_wavlm: Path) -> Path:
+    """The reference: the same corpus extracted in this process."""
+    return extract_features(corpus, str(tiny_wavlm), key="local", batch_seconds=BATCH_SECONDS).entry
 
 
 def _layer_checksums(entry: Path) -> list[str]:
@@ -51,29 +59,27 @@ def _layer_checksums(entry: Path) -> list[str]:
     return [f["sha256"] for f in manifest["layer_files"]]
 
 
-def test_ray_extraction_is_byte_identical_to_a_local_one(ray_cluster, corpus, tiny_wavlm: Path,
-                                                         tmp_path: Path) -> None:
-    local = extract_features(corpus, str(tiny_wavlm), key="local", batch_seconds=BATCH_SECONDS)
-    result = CliRunner().invoke(app, ["features", "extract", "--corpus", "crema-d", "--root", str(tmp_path / "crema"),
-                                      "--upstream", str(tiny_wavlm), "--key", "sharded", "--cache-dir",
-                                      str(tmp_path / "cache"), "--batch-seconds", str(BATCH_SECONDS),
+def test_ray_extraction_is_byte_identical_to_a_local_one(ray_cluster, corpus, local_entry: Path,
+                                                         tiny_wavlm: Path) -> None:
+    result = CliRunner().invoke(app, ["features", "extract", "--corpus", "crema-d", "--root",
+                                      corpus.metadata["root"], "--upstream", str(tiny_wavlm), "--key", "sharded",
+                                      "--cache-dir", corpus.metadata["cache_dir"], "--batch-seconds", str(BATCH_SECONDS),
                                       "--executor", "ray", "--shards", "3"])
     assert result.exit_code == 0, result.output
     assert "extracted now" in result.output and "10 (" in result.output
     sharded_entry = entry_dir(corpus, "sharded")
     assert not sharded_entry.with_name("sharded.partial").exists()
-    assert _layer_checksums(sharded_entry) == _layer_checksums(local.entry)
+    assert _layer_checksums(sharded_entry) == _layer_checksums(local_entry)
     np.testing.assert_array_equal(load_cached_features(corpus, "sharded"), load_cached_features(corpus, "local"))
     # The check can fail: other batches (here one batch, everything padded to the longest
     # clip) give other bytes.
     one_batch = extract_features(corpus, str(tiny_wavlm), key="one-batch", batch_seconds=100.0)
-    assert _layer_checksums(one_batch.entry) != _layer_checksums(local.entry)
+    assert _layer_checksums(one_batch.entry) != _layer_checksums(local_entry)
 
 
-def test_killed_worker_mid_extraction_then_the_same_command_completes(ray_cluster, corpus, tiny_wavlm: Path,
-                                                                      tmp_path: Path,
+def test_killed_worker_mid_extraction_then_the_same_command_completes(ray_cluster, corpus, local_entry: Path,
+                                                                      tiny_wavlm: Path, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    local = extract_features(corpus, str(tiny_wavlm), key="local", batch_seconds=BATCH_SECONDS)
     once = str(tmp_path / "shard-0-killed-once")
 
     def killing(spec, index, batches, paths):
@@ -89,7 +95,7 @@ def test_killed_worker_mid_extraction_then_the_same_command_completes(ray_cluste
             os.kill(os.getpid(), signal.SIGKILL)
         return real.extract_shard(spec, index, batches, paths)
 
-    args = dict(key="k", batch_seconds=BATCH_SECONDS, executor="ray", shards=3)
+    args = {"key": "k", "batch_seconds": BATCH_SECONDS, "executor": "ray", "shards": 3}
     monkeypatch.setattr(sharded, "extract_shard", killing)
     with pytest.raises(WorkersLost, match=r"1 of 3 shards failed on Ray \(its Ray worker died.*"
                                           r"run the same command again"):
@@ -101,7 +107,7 @@ def test_killed_worker_mid_extraction_then_the_same_command_completes(ray_cluste
 
     report = extract_features(corpus, str(tiny_wavlm), **args)
     assert 0 < report.resumed < 10 and report.resumed + report.extracted == 10
-    assert _layer_checksums(entry) == _layer_checksums(local.entry)
+    assert _layer_checksums(entry) == _layer_checksums(local_entry)
 
 
 def test_killed_worker_mid_sweep_then_the_same_command_completes(ray_cluster, tmp_path: Path,
@@ -126,6 +132,7 @@ def test_killed_worker_mid_sweep_then_the_same_command_completes(ray_cluster, tm
     command = ["sweep", "--methods", "oracle", "--tasks", str(task), "--shots", "1", "--scenario", "unseen",
                "--seed", "0", "--seed", "1", "--executor", "ray", "--out", str(tmp_path / "ray")]
     monkeypatch.setattr(executors, "run_job", killing)
+    monkeypatch.setattr(executors, "RAY_RETRIES", 0)  # retries are tested with extraction; spare the restarts
     first = CliRunner().invoke(app, command)
     monkeypatch.undo()
     assert first.exit_code != 0
