@@ -147,3 +147,12 @@ def test_killed_worker_mid_sweep_then_the_same_command_completes(ray_cluster, tm
     for job, reference in zip(jobs, sequential):
         assert json.loads(expected_path(job).read_text())["episodes"] == \
             json.loads(Path(reference).read_text())["episodes"]
+
+
+def test_cuda_tasks_on_a_cluster_without_gpus_are_refused_not_left_waiting(ray_cluster, corpus,
+                                                                           tiny_wavlm: Path) -> None:
+    from perserbench.errors import PerserbenchError
+
+    with pytest.raises(PerserbenchError, match="--device cuda with --executor ray, but the Ray cluster has no GPUs"):
+        extract_features(corpus, str(tiny_wavlm), key="gpu", device="cuda", executor="ray")
+    assert not entry_dir(corpus, "gpu").with_name("gpu.partial").exists()

@@ -142,6 +142,9 @@ def run_on_ray(spec: ShardSpec, batches: Sequence[np.ndarray], paths: Sequence[s
     if not batches:
         return 0.0
     ray = connect(address)
+    if spec.gpu and not ray.cluster_resources().get("GPU"):
+        raise PerserbenchError(f"--device {spec.device} with --executor ray, but the Ray cluster has no GPUs "
+                               "(its tasks would wait forever); start it on GPU nodes or use --device cpu")
     cpus = _task_cpus(ray, spec)
     n_shards = shards or SHARDS_PER_SLOT * _slots(ray, spec, cpus)
     options: dict[str, Any] = {"max_retries": RAY_RETRIES, "num_cpus": cpus}
