@@ -156,3 +156,42 @@ def test_cuda_tasks_on_a_cluster_without_gpus_are_refused_not_left_waiting(ray_c
     with pytest.raises(PerserbenchError, match="--device cuda with --executor ray, but the Ray cluster has no GPUs"):
         extract_features(corpus, str(tiny_wavlm), key="gpu", device="cuda", executor="ray")
     assert not entry_dir(corpus, "gpu").with_name("gpu.partial").exists()
+
+
+def test_shards_finished_before_the_driver_died_are_merged_on_the_next_run(corpus, monkeypatch: pytest.MonkeyPatch
+                                                                           ) -> None:
+    """No cluster needed: a local extraction is interrupted after its first batch, then the
+    rest is written as one shard file (by the function a Ray worker runs, called here), as
+    if the driver had died before copying it. The next run copies the shard and embeds nothing."""
+    import torch
+
+    from perserbench.features import upstreams
+    from perserbench.features.sharded import ShardSpec, extract_shard
+
+    original = upstreams.FbankUpstream._forward
+    calls = {"n": 0}
+
+    def dies_on_second_batch(self, waves):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, waves)
+
+    monkeypatch.setattr(upstreams.FbankUpstream, "_forward", dies_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(corpus, "fbank", key="driver-died", batch_seconds=BATCH_SECONDS)
+    monkeypatch.undo()
+    partial = entry_dir(corpus, "driver-died").with_name("driver-died.partial")
+    done = np.load(partial / "done.npy")
+    rest = [b for b in json.loads((partial / "batches.json").read_text())["batches"] if not done[b].any()]
+    assert 0 < done.sum() < 10 and rest
+    paths = [u.audio_path for u in corpus.utterances]
+    spec = ShardSpec("fbank", upstreams.FbankUpstream().revision, None, False, None, str(partial / "shards"),
+                     torch.get_num_threads())
+    extract_shard(spec, 0, rest, [[paths[r] for r in b] for b in rest])
+
+    before = upstreams.forward_count()
+    report = extract_features(corpus, "fbank", key="driver-died", batch_seconds=BATCH_SECONDS)
+    assert (report.resumed, report.extracted, upstreams.forward_count() - before) == (10, 0, 0)
+    fresh = extract_features(corpus, "fbank", key="fbank-fresh", batch_seconds=BATCH_SECONDS)
+    assert _layer_checksums(report.entry) == _layer_checksums(fresh.entry)

@@ -5,7 +5,9 @@ Layout, under :func:`cache_root` (``$PERSERBENCH_CACHE``, else ``~/.cache/perser
 
     <corpus>-<root digest>/<key>/manifest.json      what the arrays are (see below)
     <corpus>-<root digest>/<key>/layer_00.npy ...   one float32 [N, D] array per layer
-    <corpus>-<root digest>/<key>.partial/           an extraction in progress
+    <corpus>-<root digest>/<key>.partial/           an extraction in progress (layer files, the
+                                                    done mask, the batch plan batches.json,
+                                                    finished Ray shards in shards/)
 
 ``manifest.json`` records the corpus name and root, the upstream (name, revision, layers,
 dim), the utterance ids in row order, per audio file its size and modification time (which is
