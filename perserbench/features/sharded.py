@@ -93,7 +93,7 @@ def extract_shard(spec: ShardSpec, index: int, batches: list[list[int]], paths: 
         raise PerserbenchError(f"a Ray worker loaded upstream {spec.upstream} at revision {got}, the driver at "
                                f"{spec.expected_revision}: give every node the same checkpoint (or pin --revision)")
     feats, seconds = [], 0.0
-    for rows, files in zip(batches, paths):
+    for files in paths:
         out, batch_s = embed_batch(model, canonical_name(spec.upstream), files)
         feats.append(out)
         seconds += batch_s
