@@ -5,12 +5,14 @@ The reference is the textbook per-listener MAML loop: materialised parameters,
 vmap. It computes the same mathematics as :mod:`perserbench.metalearn` and serves two
 purposes: ``tests/test_metalearn.py`` checks the batched core's losses, meta-gradients and
 adapted predictions against it, and the benchmark reports the batched core's speed as a ratio
-to it, measured in the same process on the same data. learn2learn's ``MAML`` (an independent
-implementation of the same loop) is a further column when it is installed.
+to it, measured in the same process on the same data. The libraries people use for this
+(higher, torchopt, learn2learn: :mod:`perserbench.benchlibs`) are further columns on the
+same mathematics when they are installed.
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.func import functional_call
 
+from perserbench.benchlibs import LIBRARIES, Library
 from perserbench.head import EmotionHead, balanced_bce
 from perserbench.metalearn import (
     INNER_PARAMS,
@@ -101,6 +104,8 @@ def reference_predict(head: EmotionHead, meta: Params, params: Params, x: torch.
 
 # --------------------------------------------------------------------------- benchmark
 
+INNER_LR = 0.1
+
 
 @dataclass
 class BenchSettings:
@@ -179,41 +184,49 @@ def _random_problem(s: BenchSettings) -> tuple[EmotionHead, torch.Tensor, Episod
     return head, pos_weight, batch
 
 
-def _learn2learn() -> tuple[object | None, str]:
-    """learn2learn's module, or None and why not. (Its 0.2.0 sdist does not build on Python
-    3.11+, and importing it needs gym and torchvision, so it is often absent.)"""
-    try:
-        import learn2learn  # type: ignore[import-not-found]
-    except Exception as exc:  # noqa: BLE001 - ImportError or a broken install of its many dependencies
-        return None, f"not importable ({type(exc).__name__}: {exc}); install the optional extra 'bench'"
-    return learn2learn, ""
+def _library_columns(report: BenchReport) -> list[Library]:
+    """The libraries importable here; the others are recorded in ``report.skipped``."""
+    out = []
+    for lib in LIBRARIES:
+        why = lib.available()
+        if why is None:
+            out.append(lib)
+        else:
+            report.skipped[lib.name] = why
+    return out
 
 
 def run_bench(s: BenchSettings, progress: Callable[[str], None] | None = None) -> BenchReport:
     """Time meta-training outer steps (both orders) and test-listener adaptation for the
-    reference loop, the batched core in both forms, and learn2learn when importable."""
+    reference loop, the batched core in both forms and (second order and adaptation) every
+    library of :mod:`perserbench.benchlibs` that is importable, in this one process.
+
+    Every column computes the same thing: MAML with a fixed inner learning rate on the same
+    head and data (the ``maml`` method's mathematics; ``meta-perser``'s learnable per-step
+    rates are not something the libraries offer off the shelf), checked against the
+    reference loop by ``tests/test_bench.py``.
+    """
     report = BenchReport(s)
     head, pos_weight, batch = _random_problem(s)
     weights = final_step_weights(s.inner_steps)
-    l2l, why = _learn2learn()
-    if l2l is None:
-        report.skipped["learn2learn"] = why
+    libraries = _library_columns(report)
 
     def say(text: str) -> None:
         if progress:
             progress(text)
 
+    def timed_outer_step(meta_backward: Callable[[], None], params: list[torch.Tensor]) -> float:
+        optimizer = torch.optim.Adam(params, lr=1e-3)
+
+        def step() -> None:
+            optimizer.zero_grad()
+            meta_backward()
+            optimizer.step()
+
+        return _median_seconds(step, s.repeats)
+
     for order, first_order in (("second order", False), ("first order", True)):
         workload = f"meta-train, {order}"
-
-        def outer_step(loss_fn: Callable[[Params, Params], torch.Tensor], meta: Params, lrs: Params,
-                       optimizer: torch.optim.Optimizer) -> Callable[[], None]:
-            def step() -> None:
-                optimizer.zero_grad()
-                loss_fn(meta, lrs).backward()
-                optimizer.step()
-            return step
-
         impls: dict[str, Callable[[Params, Params], torch.Tensor]] = {
             "loop": lambda m, r, fo=first_order: reference_meta_loss(head, m, r, batch, pos_weight, s.inner_steps,
                                                                      fo, weights),
@@ -225,15 +238,18 @@ def run_bench(s: BenchSettings, progress: Callable[[str], None] | None = None) -
         for name, loss_fn in impls.items():
             say(f"{workload}: {name}")
             meta = meta_parameters(head)
-            lrs = inner_learning_rates(s.inner_steps, 0.1, learnable=True)
-            optimizer = torch.optim.Adam([*meta.values(), *lrs.values()], lr=1e-3)
-            seconds = _median_seconds(outer_step(loss_fn, meta, lrs, optimizer), s.repeats)
+            lrs = inner_learning_rates(s.inner_steps, INNER_LR, learnable=False)
+            seconds = timed_outer_step(lambda fn=loss_fn, m=meta, r=lrs: fn(m, r).backward(), list(meta.values()))
             report.timings.append(Timing(workload, name, seconds, 1))
-        if l2l is not None:
-            say(f"{workload}: learn2learn")
-            seconds = _median_seconds(_l2l_outer_step(l2l, head, batch, pos_weight, s.inner_steps, first_order),
-                                      s.repeats)
-            report.timings.append(Timing(workload, "learn2learn", seconds, 1, "fixed inner lr"))
+        if first_order:
+            continue  # the libraries' first-order modes differ from each other; compared at second order
+        for lib in libraries:
+            say(f"{workload}: {lib.name}")
+            model = copy.deepcopy(head)
+            seconds = timed_outer_step(
+                lambda fn=lib.meta_backward, m=model: fn(m, batch, pos_weight, s.inner_steps, INNER_LR),
+                list(model.parameters()))
+            report.timings.append(Timing(workload, lib.name, seconds, 1))
 
     workload = f"adapt {s.listeners} test listeners (K={s.shots})"
     gen = torch.Generator().manual_seed(s.seed + 1)
@@ -241,57 +257,17 @@ def run_bench(s: BenchSettings, progress: Callable[[str], None] | None = None) -
     ys = (torch.rand(s.listeners, s.shots, s.classes, generator=gen) < 0.3).to(torch.get_default_dtype())
     ms = torch.ones(s.listeners, s.shots)
     meta = {k: v.detach() for k, v in meta_parameters(head).items()}
-    lrs = inner_learning_rates(s.inner_steps, 0.1, learnable=False)
+    lrs = inner_learning_rates(s.inner_steps, INNER_LR, learnable=False)
     adapt_impls: dict[str, Callable[[], object]] = {
         "loop": lambda: reference_adapt(head, meta, lrs, xs, ys, ms, pos_weight, s.inner_steps),
         "vmap (functional_call)": lambda: adapt_states(make_form(head, False), meta, lrs, xs, ys, ms, pos_weight,
                                                        s.inner_steps),
         "vmap (dual)": lambda: adapt_states(make_form(head, True), meta, lrs, xs, ys, ms, pos_weight, s.inner_steps),
     }
+    for lib in libraries:
+        model = copy.deepcopy(head)
+        adapt_impls[lib.name] = lambda fn=lib.adapt, m=model: fn(m, xs, ys, pos_weight, s.inner_steps, INNER_LR)
     for name, fn in adapt_impls.items():
         say(f"{workload}: {name}")
         report.timings.append(Timing(workload, name, _median_seconds(fn, max(3, s.repeats // 2)), s.listeners))
-    if l2l is not None:
-        say(f"{workload}: learn2learn")
-        fn = _l2l_adapt(l2l, head, xs, ys, pos_weight, s.inner_steps)
-        report.timings.append(Timing(workload, "learn2learn", _median_seconds(fn, max(3, s.repeats // 2)),
-                                     s.listeners))
     return report
-
-
-def _l2l_outer_step(l2l: object, head: EmotionHead, batch: EpisodeBatch, pos_weight: torch.Tensor, steps: int,
-                    first_order: bool) -> Callable[[], None]:
-    """learn2learn's MAML on the same head and data (its clone/adapt loop, one listener at a
-    time); the layer weighting is frozen in its inner loop as in ours via requires_grad."""
-    model = EmotionHead(head.layer_logits.numel(), head.hidden.in_features, head.out.out_features,
-                        head.hidden.out_features)
-    model.load_state_dict(head.state_dict())
-    model.eval()
-    maml = l2l.algorithms.MAML(model, lr=0.1, first_order=first_order)  # type: ignore[attr-defined]
-    optimizer = torch.optim.Adam(maml.parameters(), lr=1e-3)
-
-    def step() -> None:
-        optimizer.zero_grad()
-        total = torch.zeros(())
-        for i in range(len(batch.xs)):
-            learner = maml.clone()
-            for _ in range(steps):
-                learner.adapt(balanced_bce(learner(batch.xs[i]), batch.ys[i], pos_weight))
-            total = total + balanced_bce(learner(batch.xq[i]), batch.yq[i], pos_weight)
-        (total / len(batch.xs)).backward()
-        optimizer.step()
-
-    return step
-
-
-def _l2l_adapt(l2l: object, head: EmotionHead, xs: torch.Tensor, ys: torch.Tensor, pos_weight: torch.Tensor,
-               steps: int) -> Callable[[], None]:
-    maml = l2l.algorithms.MAML(head, lr=0.1, first_order=True)  # type: ignore[attr-defined]
-
-    def adapt() -> None:
-        for i in range(len(xs)):
-            learner = maml.clone()
-            for _ in range(steps):
-                learner.adapt(balanced_bce(learner(xs[i]), ys[i], pos_weight))
-
-    return adapt

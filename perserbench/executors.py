@@ -120,15 +120,36 @@ def execute(jobs: Sequence[SweepJob], executor: str = "sequential", workers: int
             for fut in as_completed(futures):
                 finish(futures[fut], fut.result())
     else:
-        try:
-            import ray
-        except ImportError:
-            raise PerserbenchError("--executor ray needs Ray: pip install 'ray[default]'") from None
-        ray.init(address=address, ignore_reinit_error=True)
-        remote = ray.remote(run_job)
-        pending = {remote.remote(job): job for job in jobs}
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                finish(pending.pop(ref), ray.get(ref))
+        _execute_ray(jobs, address, finish)
     return done
+
+
+RAY_RETRIES = 2  # a job whose worker dies is rerun this often by Ray before the sweep gives up on it
+
+
+def _execute_ray(jobs: Sequence[SweepJob], address: str | None, finish: Callable[[SweepJob, str], None]) -> None:
+    """One Ray task per job. A job whose worker process dies is retried by Ray
+    (``RAY_RETRIES``); one that still fails does not stop the others: every other job runs
+    to the end and writes its file, then the sweep raises, and the same command again runs
+    only what is missing (finished files are never redone)."""
+    from perserbench.raycluster import connect, task_failure
+
+    ray = connect(address)
+    remote = ray.remote(max_retries=RAY_RETRIES)(run_job)  # the module attribute at call time
+    pending = {remote.remote(job): job for job in jobs}
+    failed: list[tuple[SweepJob, str]] = []
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            job = pending.pop(ref)
+            try:
+                path = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - Ray wraps every task failure; sorted out below
+                failed.append((job, task_failure(exc)))
+                continue
+            finish(job, path)
+    if failed:
+        job, why = failed[0]
+        raise PerserbenchError(f"{len(failed)} of {len(jobs)} sweep jobs failed on Ray (first: {job.label()}: {why}); "
+                               "the other jobs' results are written: run the same command again to run only the "
+                               "missing ones")

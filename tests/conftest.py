@@ -143,3 +143,16 @@ class SupportRate(Method):
 
     def adapt(self, support: LabelledItems) -> _ConstantRate:
         return _ConstantRate(support.y.mean(dim=0, keepdim=True))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster (2 CPUs) for the whole session: starting one costs seconds, so
+    every Ray test shares it. Ray is a test dependency (the dev extra): no skip when absent.
+    Its workers inherit this process's environment (PYTHONPATH), so they import perserbench
+    from this checkout, but never this test suite."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

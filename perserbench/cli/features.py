@@ -43,12 +43,17 @@ def extract_command(
     revision: Annotated[str | None, typer.Option("--revision", help="Hub revision (branch, tag or commit) of the upstream.")] = None,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Cache folder (default $PERSERBENCH_CACHE or ~/.cache/perserbench).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute everything even if the cache is up to date.")] = False,
+    executor: Annotated[str, typer.Option("--executor", help="local (this process) or ray (shards over Ray tasks; GPU tasks with --device cuda).")] = "local",
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address for --executor ray (default: a local cluster; 'auto': the one `ray start` began here).")] = None,
+    shards: Annotated[int | None, typer.Option("--shards", help="Ray tasks to split the work into (default: 4 per cluster CPU, or GPU with --device cuda).")] = None,
     corpus_option: CorpusOption = None,
     option: CorpusOptionAlias = None,
 ) -> None:
     """Compute per-layer, mean-pooled upstream features of every utterance and cache them.
 
-    Resumes an interrupted extraction; with nothing changed it runs no model at all.
+    Resumes an interrupted extraction; with nothing changed it runs no model at all. With
+    --executor ray the same batches run as Ray tasks, each writing its own shard; the cached
+    arrays are byte-identical to a local extraction's.
     """
     from perserbench.data import load_corpus
     from perserbench.features.cache import extract_features
@@ -72,7 +77,8 @@ def extract_command(
 
         report = extract_features(loaded, upstream, key, cache_dir=cache_dir, device=device, fp16=fp16,
                                   batch_seconds=batch_seconds, revision=revision, force=force,
-                                  progress=on_progress, on_plan=on_plan)
+                                  progress=on_progress, on_plan=on_plan, executor=executor, address=address,
+                                  shards=shards)
     table = Table(title=f"features {report.key!r} of {corpus}", show_header=False)
     table.add_row("cache entry", str(report.entry))
     table.add_row("upstream", f"{report.upstream} (revision {report.revision})")

@@ -5,7 +5,9 @@ Layout, under :func:`cache_root` (``$PERSERBENCH_CACHE``, else ``~/.cache/perser
 
     <corpus>-<root digest>/<key>/manifest.json      what the arrays are (see below)
     <corpus>-<root digest>/<key>/layer_00.npy ...   one float32 [N, D] array per layer
-    <corpus>-<root digest>/<key>.partial/           an extraction in progress
+    <corpus>-<root digest>/<key>.partial/           an extraction in progress (layer files, the
+                                                    done mask, the batch plan batches.json,
+                                                    finished Ray shards in shards/)
 
 ``manifest.json`` records the corpus name and root, the upstream (name, revision, layers,
 dim), the utterance ids in row order, per audio file its size and modification time (which is
@@ -51,6 +53,9 @@ from perserbench.results import write_atomic
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
 DONE = "done.npy"
+BATCHES = "batches.json"  # the batch plan of an extraction in progress (resumes batch for batch)
+SHARDS = "shards"  # finished Ray shards not yet copied into the layer files
+EXECUTORS = ("local", "ray")
 FORMAT_VERSION = 2  # 2: per-layer-file size and SHA-256 (damage detection)
 DEFAULT_BATCH_SECONDS = 32.0
 
@@ -162,7 +167,8 @@ def extract_features(corpus: Corpus, upstream: str, key: str | None = None, *,
                      cache_dir: str | Path | None = None, device: str | None = None, fp16: bool = False,
                      batch_seconds: float = DEFAULT_BATCH_SECONDS, revision: str | None = None,
                      force: bool = False, progress: Progress | None = None,
-                     on_plan: Callable[[float, int], None] | None = None) -> ExtractReport:
+                     on_plan: Callable[[float, int], None] | None = None, executor: str = "local",
+                     address: str | None = None, shards: int | None = None) -> ExtractReport:
     """Compute (or bring up to date) the cached features of every utterance of ``corpus``.
 
     ``upstream`` is ``fbank``, a hub id or a local checkpoint directory; ``key`` defaults to
@@ -170,11 +176,20 @@ def extract_features(corpus: Corpus, upstream: str, key: str | None = None, *,
     are unchanged; an unchanged corpus loads no model and runs no forward pass at all. A
     ``.partial`` folder left by a killed run is resumed when it describes the same work.
     ``on_plan(total_seconds, total_rows)`` is called once the work to do is known (for a
-    progress bar), ``progress(seconds, rows)`` after every batch.
+    progress bar), ``progress(seconds, rows)`` after every batch (every shard on Ray).
+
+    ``executor="ray"`` splits the batches over ``shards`` Ray tasks (default: four per CPU,
+    or per GPU with a CUDA ``device``, of the cluster at ``address``); see
+    :mod:`perserbench.features.sharded`. The batches and the thread count are the same as a
+    local extraction's in this process, so the cached arrays are byte-identical to one.
     """
     start = time.perf_counter()
     if batch_seconds <= 0:
         raise PerserbenchError(f"--batch-seconds must be positive, got {batch_seconds}")
+    if executor not in EXECUTORS:
+        raise PerserbenchError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if shards is not None and shards < 1:
+        raise PerserbenchError(f"--shards must be at least 1, got {shards}")
     key = _check_key(key or default_key(upstream))
     rows = _audio_rows(corpus)
     entry = entry_dir(corpus, key, cache_dir)
@@ -182,7 +197,7 @@ def extract_features(corpus: Corpus, upstream: str, key: str | None = None, *,
         with _extraction_lock(entry):
             return _extract(corpus, upstream, key, rows, entry, start, device=device, fp16=fp16,
                             batch_seconds=batch_seconds, revision=revision, force=force, progress=progress,
-                            on_plan=on_plan)
+                            on_plan=on_plan, executor=executor, address=address, shards=shards)
     finally:
         with contextlib.suppress(OSError):
             entry.parent.rmdir()  # only if empty: a refused extraction leaves no folder behind
@@ -190,10 +205,11 @@ def extract_features(corpus: Corpus, upstream: str, key: str | None = None, *,
 
 def _extract(corpus: Corpus, upstream: str, key: str, rows: list[tuple[str, str]], entry: Path, start: float, *,
              device: str | None, fp16: bool, batch_seconds: float, revision: str | None, force: bool,
-             progress: Progress | None, on_plan: Callable[[float, int], None] | None) -> ExtractReport:
+             progress: Progress | None, on_plan: Callable[[float, int], None] | None, executor: str,
+             address: str | None, shards: int | None) -> ExtractReport:
     """:func:`extract_features` under the entry's lock."""
     from perserbench.features import upstreams as ups
-    from perserbench.features.audio import TARGET_SR, audio_info
+    from perserbench.features.audio import audio_info
 
     name = ups.canonical_name(upstream)
     cheap = ups.cheap_revision(upstream) if revision is None else revision
@@ -211,7 +227,10 @@ def _extract(corpus: Corpus, upstream: str, key: str, rows: list[tuple[str, str]
         return ExtractReport(entry, key, name, str(old["upstream"]["revision"]), len(rows), 0, len(rows), 0, 0,
                              0.0, time.perf_counter() - start, True)
 
-    model = ups.resolve_upstream(upstream, device=device, fp16=fp16, revision=revision)
+    if executor == "ray":  # the driver only describes the model; the workers load it on their device
+        model = ups.resolve_upstream(upstream, device=None if name == "fbank" else "cpu", revision=revision)
+    else:
+        model = ups.resolve_upstream(upstream, device=device, fp16=fp16, revision=revision)
     desc = ups.describe(model)
     desc["name"] = name
     old_ok = (old is not None and old.get("format") == FORMAT_VERSION
@@ -256,6 +275,7 @@ def _extract(corpus: Corpus, upstream: str, key: str, rows: list[tuple[str, str]
     if partial.exists() and (partial / DONE).is_file():
         done = np.load(partial / DONE)
         layers = [np.load(_layer_file(partial, i), mmap_mode="r+") for i in range(n_layers)]
+        _merge_shards(partial, layers, done)  # finished by Ray workers before a crash
         resumed_rows = int(done.sum())
     else:
         partial.mkdir(parents=True, exist_ok=True)
@@ -275,35 +295,45 @@ def _extract(corpus: Corpus, upstream: str, key: str, rows: list[tuple[str, str]
     reused = int(done.sum()) - resumed_rows
 
     todo = np.flatnonzero(~done)
+
+    def store(batch: np.ndarray, feats: np.ndarray) -> None:
+        for i in range(n_layers):
+            layers[i][batch] = feats[:, i, :]
+            layers[i].flush()
+        done[batch] = True
+        _save_done(partial, done)
+
     try:
         seconds = np.array([seconds_of[plan_ids[r]] for r in todo], dtype=np.float64)
         if on_plan:
             on_plan(float(seconds.sum()), len(todo))
-        audio_total = 0.0
-        for batch in _batches(todo, seconds, batch_seconds):
-            waves = [_load(plan_paths[plan_ids[r]], TARGET_SR) for r in batch]
-            feats = model.embed(waves)
-            finite = np.isfinite(feats).all(axis=(1, 2))
-            if not finite.all():
-                bad = plan_paths[plan_ids[batch[int(np.flatnonzero(~finite)[0])]]]
-                raise PerserbenchError(f"upstream {name} gave NaN or inf features for audio file {bad}; "
-                                       "check that file (silence, clipping) or leave it out")
-            for i in range(n_layers):
-                layers[i][batch] = feats[:, i, :]
-                layers[i].flush()
-            done[batch] = True
-            _save_done(partial, done)
-            batch_s = float(sum(len(w) for w in waves)) / TARGET_SR
-            audio_total += batch_s
-            if progress:
-                progress(batch_s, len(batch))
-    except PerserbenchError:
+        batches = _batch_plan(partial, todo, seconds, batch_seconds)
+        if executor == "ray":
+            import torch
+
+            from perserbench.features.sharded import ShardSpec, run_on_ray
+
+            spec = ShardSpec(upstream, str(desc["revision"]), device, fp16, revision, str(partial / SHARDS),
+                             torch.get_num_threads())
+            audio_total = run_on_ray(spec, batches, [plan_paths[u] for u in plan_ids], address, shards,
+                                     lambda rows, feats: store(rows, feats), progress)
+        else:
+            audio_total = 0.0
+            for batch in batches:
+                feats, batch_s = embed_batch(model, name, [plan_paths[plan_ids[r]] for r in batch])
+                store(batch, feats)
+                audio_total += batch_s
+                if progress:
+                    progress(batch_s, len(batch))
+    except PerserbenchError as exc:
         # Bad input (a corrupt file): the user must fix it and the resulting features would
-        # differ anyway, so leave nothing behind rather than a partial entry.
-        del layers
-        shutil.rmtree(partial, ignore_errors=True)
+        # differ anyway, so leave nothing behind rather than a partial entry. Lost Ray workers
+        # are not bad input: the partial entry stays, and the same command resumes it.
+        layers.clear()  # closes the memory maps
+        if not getattr(exc, "resumable", False):
+            shutil.rmtree(partial, ignore_errors=True)
         raise
-    del layers
+    layers.clear()  # closes the memory maps
     files = [{"name": _layer_file(partial, i).name, "size": _layer_file(partial, i).stat().st_size,
               "sha256": _sha256(_layer_file(partial, i))} for i in range(n_layers)]
     manifest = {**plan, "shapes": {"rows": n, "layers": n_layers, "dim": dim}, "layer_files": files,
@@ -311,9 +341,65 @@ def _extract(corpus: Corpus, upstream: str, key: str, rows: list[tuple[str, str]
     write_atomic(partial / MANIFEST, json.dumps(manifest, indent=1))
     (partial / DONE).unlink()
     (partial / PLAN).unlink()
+    (partial / BATCHES).unlink(missing_ok=True)
+    shutil.rmtree(partial / SHARDS, ignore_errors=True)
     _replace_dir(partial, entry)
     return ExtractReport(entry, key, name, str(desc["revision"]), len(rows), len(todo), reused, resumed_rows,
                          ups.forward_count() - forwards0, audio_total, time.perf_counter() - start, False, repaired)
+
+
+def embed_batch(model: Any, name: str, paths: list[str]) -> tuple[np.ndarray, float]:
+    """Features ``[B, L, D]`` of one batch of audio files and its audio seconds; refuses NaN
+    or infinite features, naming the file. Local extraction and Ray workers both call this,
+    so a batch gives the same bytes wherever it runs."""
+    from perserbench.features.audio import TARGET_SR
+
+    waves = [_load(path, TARGET_SR) for path in paths]
+    feats = model.embed(waves)
+    finite = np.isfinite(feats).all(axis=(1, 2))
+    if not finite.all():
+        bad = paths[int(np.flatnonzero(~finite)[0])]
+        raise PerserbenchError(f"upstream {name} gave NaN or inf features for audio file {bad}; "
+                               "check that file (silence, clipping) or leave it out")
+    return feats, float(sum(len(w) for w in waves)) / TARGET_SR
+
+
+def _batch_plan(partial: Path, todo: np.ndarray, seconds: np.ndarray, budget: float) -> list[np.ndarray]:
+    """The batches of the rows still to do. An interrupted extraction resumes its recorded
+    plan (whole batches are done or not), so the features of a resumed or sharded extraction
+    are byte-identical to an uninterrupted local one: a row's features depend on the batch it
+    is padded in. A different ``--batch-seconds`` (e.g. after running out of GPU memory)
+    re-plans the remaining rows."""
+    saved = _read_json(partial / BATCHES)
+    left = set(todo.tolist())
+    if saved is not None and saved.get("batch_seconds") == budget:
+        batches = [np.array([r for r in b if r in left], dtype=np.int64) for b in saved["batches"]]
+        batches = [b for b in batches if len(b)]
+        if sum(len(b) for b in batches) == len(left):
+            return batches
+    batches = _batches(todo, seconds, budget)
+    write_atomic(partial / BATCHES, json.dumps({"batch_seconds": budget, "batches": [b.tolist() for b in batches]}))
+    return batches
+
+
+def _merge_shards(partial: Path, layers: list[np.ndarray], done: np.ndarray) -> None:
+    """Copy finished shard files (written atomically by Ray workers whose driver died before
+    copying them) into the layer files, then delete them."""
+    folder = partial / SHARDS
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.glob("shard-*.npz")):
+        with np.load(path) as shard:
+            rows, feats = shard["rows"], shard["feats"]
+        if feats.shape != (len(rows), len(layers), layers[0].shape[1]) or rows.max(initial=-1) >= len(done):
+            path.unlink()  # not this plan's shard: recompute those rows
+            continue
+        for i, layer in enumerate(layers):
+            layer[rows] = feats[:, i, :]
+            layer.flush()
+        done[rows] = True
+        _save_done(partial, done)
+        path.unlink()
 
 
 def _sha256(path: Path) -> str:
