@@ -17,7 +17,7 @@ from perserbench.tasks import load_task
 # Small budgets so every test takes about a second; the defaults are exercised by the
 # full comparison (see the issue report), not here.
 SMALL = {
-    "finetune": {},
+    "finetune": {"guard": "false"},  # the ungated method; the gate has its own tests below
     "protonet": {"meta_epochs": "2", "steps_per_epoch": "4", "support": "6", "query": "6"},
     "maml": {"meta_epochs": "2", "steps_per_epoch": "4", "inner_steps": "2"},
     "meta-perser": {"meta_epochs": "2", "steps_per_epoch": "4", "inner_steps": "2", "first_order_epochs": "1"},
@@ -87,7 +87,7 @@ def test_finetune_with_zero_steps_is_the_consensus_model(toy):
     consensus = predictions(toy, "consensus", {})
     zero = predictions(toy, "finetune", {"steps": "0"})
     assert all(np.allclose(x, y, atol=1e-6) for x, y in zip(consensus, zero))
-    tuned = predictions(toy, "finetune", {})
+    tuned = predictions(toy, "finetune", SMALL["finetune"])
     assert not all(np.allclose(x, y, atol=1e-3) for x, y in zip(consensus, tuned))
 
 
@@ -104,8 +104,8 @@ def test_batched_adaptation_equals_one_listener_at_a_time(toy, method):
 
 
 def test_finetune_dual_and_functional_call_forms_agree(toy):
-    dual = predictions(toy, "finetune", {"dual": "true"})
-    plain = predictions(toy, "finetune", {"dual": "false"})
+    dual = predictions(toy, "finetune", {**SMALL["finetune"], "dual": "true"})
+    plain = predictions(toy, "finetune", {**SMALL["finetune"], "dual": "false"})
     assert all(np.allclose(x, y, atol=1e-5) for x, y in zip(dual, plain))
 
 
@@ -277,13 +277,14 @@ def test_guard_with_one_support_item_keeps_the_unadapted_model(toy, method):
 
 def test_finetune_pull_is_exact_at_zero_and_pulls_toward_consensus(toy):
     consensus = predictions(toy, "consensus", {})
-    plain = predictions(toy, "finetune", {})
-    assert all(np.array_equal(x, y) for x, y in zip(plain, predictions(toy, "finetune", {"pull": "0"})))
+    ungated = SMALL["finetune"]
+    plain = predictions(toy, "finetune", ungated)
+    assert all(np.array_equal(x, y) for x, y in zip(plain, predictions(toy, "finetune", {**ungated, "pull": "0"})))
     dist = lambda preds: float(np.mean([np.abs(p - c).mean() for p, c in zip(preds, consensus)]))
-    pulled = [predictions(toy, "finetune", {"pull": str(p), "lr": "0.5"}) for p in (0, 0.5, 1.5)]
+    pulled = [predictions(toy, "finetune", {**ungated, "pull": str(p), "lr": "0.5"}) for p in (0, 0.5, 1.5)]
     assert dist(pulled[0]) > dist(pulled[1]) > dist(pulled[2]) > 0  # stronger pull, nearer consensus
-    dual = predictions(toy, "finetune", {"pull": "1", "lr": "0.5", "dual": "true"})
-    plain_form = predictions(toy, "finetune", {"pull": "1", "lr": "0.5", "dual": "false"})
+    dual = predictions(toy, "finetune", {**ungated, "pull": "1", "lr": "0.5", "dual": "true"})
+    plain_form = predictions(toy, "finetune", {**ungated, "pull": "1", "lr": "0.5", "dual": "false"})
     assert all(np.allclose(x, y, atol=1e-5) for x, y in zip(dual, plain_form))
     with pytest.raises(PerserbenchError, match="lr \\* pull"):  # the pull's own step would diverge
         create_method("finetune", {"pull": "40", "lr": "0.05"}).meta_fit(MetaTrainSet(toy, toy.folds[0]))

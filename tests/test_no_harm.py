@@ -18,7 +18,7 @@ from perserbench.stats import equivalence_test
 from perserbench.tasks import load_task
 
 MARGIN = 0.01
-HARMFUL = {"lr": "50", "steps": "3"}  # fine-tuning with an absurd step (3 steps keep the gated run fast)
+HARMFUL = {"lr": "50", "steps": "3", "guard": "false"}  # fine-tuning with an absurd step (3 steps keep the gated run fast)
 
 UNIFORM_TASK = synthetic_task_toml(name="synthetic-uniform-no-harm", version="1.0.0",
                                    options="{ seed = 0, uniform = true }", listener_seed=17, shots=(20,),
@@ -62,7 +62,7 @@ def test_the_guard_turns_the_harmful_adaptation_into_consensus(uniform):
 @pytest.mark.slow
 def test_guarded_default_finetune_does_no_harm_on_uniform(uniform):
     task, consensus = uniform
-    verdict = _versus_consensus(task, consensus, "finetune", {"guard": "true"})
+    verdict = _versus_consensus(task, consensus, "finetune")
     assert verdict.equivalent and not verdict.harmful, verdict
 
 
