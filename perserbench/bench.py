@@ -41,14 +41,20 @@ def _forward(head: EmotionHead, meta: Params, params: Params, x: torch.Tensor) -
 
 
 def reference_listener_trajectory(head: EmotionHead, meta: Params, lrs: Params, xs: torch.Tensor, ys: torch.Tensor,
-                                  pos_weight: torch.Tensor, steps: int, first_order: bool) -> list[Params]:
-    """Inner loop for one listener's (unpadded) support with ``torch.autograd.grad``."""
+                                  pos_weight: torch.Tensor, steps: int, first_order: bool,
+                                  pull: float = 0.0) -> list[Params]:
+    """Inner loop for one listener's (unpadded) support with ``torch.autograd.grad``; ``pull``
+    adds ``pull/2·‖θ − θ_meta‖²`` to the loss, written out as a loss term (not as the batched
+    core's modified update) so the two are independent computations."""
+    anchor = {k: meta[k].detach() for k in INNER_PARAMS}
     params = {k: meta[k] for k in INNER_PARAMS}
     if not any(p.requires_grad for p in params.values()):  # evaluation: a plain fine-tuning loop
         params = {k: p.clone().requires_grad_(True) for k, p in params.items()}
     trajectory = [params]
     for t in range(steps):
         loss = balanced_bce(_forward(head, meta, params, xs), ys, pos_weight)
+        if pull:
+            loss = loss + pull / 2 * sum(((params[k] - anchor[k]) ** 2).sum() for k in INNER_PARAMS)
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=not first_order)
         params = {k: params[k] - lrs[k][t] * g for k, g in zip(params, grads)}
         if not any(p.requires_grad for p in meta.values()):
@@ -75,14 +81,15 @@ def reference_meta_loss(head: EmotionHead, meta: Params, lrs: Params, batch: Epi
 
 
 def reference_adapt(head: EmotionHead, meta: Params, lrs: Params, xs: torch.Tensor, ys: torch.Tensor,
-                    ms: torch.Tensor, pos_weight: torch.Tensor, steps: int) -> list[Params]:
+                    ms: torch.Tensor, pos_weight: torch.Tensor, steps: int, pull: float = 0.0) -> list[Params]:
     """Adapted parameters of each listener, one after another."""
     frozen = {k: v.detach() for k, v in meta.items()}
     lrs = {k: v.detach() for k, v in lrs.items()}
     out = []
     for i in range(len(xs)):
         m = ms[i] > 0
-        last = reference_listener_trajectory(head, frozen, lrs, xs[i][m], ys[i][m], pos_weight, steps, True)[-1]
+        last = reference_listener_trajectory(head, frozen, lrs, xs[i][m], ys[i][m], pos_weight, steps, True,
+                                             pull)[-1]
         out.append({k: v.detach() for k, v in last.items()})
     return out
 

@@ -41,6 +41,7 @@ from torch.func import functional_call, grad, vmap
 
 from perserbench.episodes import Items, LabelledItems, MetaTrainSet
 from perserbench.head import EmotionHead, pool_features
+from perserbench.no_harm import loo_evidence, select_states
 
 Params = dict[str, torch.Tensor]
 
@@ -48,6 +49,9 @@ Params = dict[str, torch.Tensor]
 # weighting) is meta-learned in the outer loop only: it describes the upstream, not the
 # listener, and keeping it fixed during adaptation is what makes the dual form exact.
 INNER_PARAMS = ("hidden.weight", "hidden.bias", "out.weight", "out.bias")
+
+# What the inner loop of a combined-set episode adapts on (see :class:`EpisodeSampler`).
+COMBINED_INNER = ("support", "all")
 
 
 # --------------------------------------------------------------------------- parameters
@@ -77,6 +81,20 @@ def inner_learning_rates(steps: int, lr: float, learnable: bool) -> Params:
     return {name: torch.full((steps,), float(lr), requires_grad=learnable) for name in INNER_PARAMS}
 
 
+def project_learning_rates(lrs: Params) -> None:
+    """Clip learnable inner learning rates at 0 after an outer step (projected gradient descent
+    onto lr ≥ 0). A negative lr would make the inner loop *ascend* the support loss, which is
+    not adaptation. Projection rather than a softplus parametrisation because it changes
+    nothing while every lr is positive (meta-gradients and Adam's steps are exactly those of
+    the unconstrained learner, whose defaults were measured), and it can reach exactly 0 —
+    "do not adapt this layer at this step" — which a softplus only approaches. Fixed lrs
+    (vanilla MAML) are untouched."""
+    with torch.no_grad():
+        for lr in lrs.values():
+            if lr.requires_grad:
+                lr.clamp_(min=0.0)
+
+
 def masked_bce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
     """Class-balanced BCE (:func:`perserbench.head.balanced_bce`) over the real rows of a padded set:
     padded rows (``mask`` 0) contribute nothing, so listeners with fewer items than the batch's
@@ -98,7 +116,7 @@ class Form(Protocol):
     def start(self, meta: Params, xs: torch.Tensor, first_order: bool) -> tuple[Params, Params]: ...
     def free(self, local: Params) -> Params: ...
     def support_logits(self, meta: Params, ctx: Params, local: Params, free: Params) -> torch.Tensor: ...
-    def update(self, local: Params, grads: Params, lrs: Params) -> Params: ...
+    def update(self, local: Params, grads: Params, lrs: Params, meta: Params, pull: float) -> Params: ...
     def prepare(self, meta: Params, ctx: Params, x: torch.Tensor) -> Params: ...
     def logits(self, meta: Params, ctx: Params, local: Params, prep: Params) -> torch.Tensor: ...
     def state(self, ctx: Params, local: Params) -> Params: ...
@@ -126,8 +144,8 @@ class PlainForm:
     def support_logits(self, meta: Params, ctx: Params, local: Params, free: Params) -> torch.Tensor:
         return self._call(meta, free, ctx["xs"])
 
-    def update(self, local: Params, grads: Params, lrs: Params) -> Params:
-        return {k: local[k] - lrs[k] * grads[k] for k in INNER_PARAMS}
+    def update(self, local: Params, grads: Params, lrs: Params, meta: Params, pull: float) -> Params:
+        return {k: local[k] - lrs[k] * _pulled(grads[k], local[k], meta[k], pull) for k in INNER_PARAMS}
 
     def prepare(self, meta: Params, ctx: Params, x: torch.Tensor) -> Params:
         return {"x": x}
@@ -183,9 +201,12 @@ class DualForm:
     def support_logits(self, meta: Params, ctx: Params, local: Params, free: Params) -> torch.Tensor:
         return self._head(ctx["h0"] + free["hidden.weight"], ctx["gram"], local["A"], free)
 
-    def update(self, local: Params, grads: Params, lrs: Params) -> Params:
-        out = {"A": local["A"] + lrs["hidden.weight"] * grads["hidden.weight"]}
-        out.update({k: local[k] - lrs[k] * grads[k] for k in INNER_PARAMS[1:]})
+    def update(self, local: Params, grads: Params, lrs: Params, meta: Params, pull: float) -> Params:
+        # W_t − W_0 = −A_tᵀ Z_c, so the pull's gradient pull·(W_t − W_0) is −pull·A_tᵀ Z_c: still
+        # in the row space of Z_c, and the step on A is A + lr·(Δ − pull·A) (exact, not a proxy).
+        delta = grads["hidden.weight"] - pull * local["A"] if pull else grads["hidden.weight"]
+        out = {"A": local["A"] + lrs["hidden.weight"] * delta}
+        out.update({k: local[k] - lrs[k] * _pulled(grads[k], local[k], meta[k], pull) for k in INNER_PARAMS[1:]})
         return out
 
     def prepare(self, meta: Params, ctx: Params, x: torch.Tensor) -> Params:
@@ -202,6 +223,12 @@ class DualForm:
         return self.logits(meta, state, state, self.prepare(meta, state, x))
 
 
+def _pulled(grad: torch.Tensor, value: torch.Tensor, anchor: torch.Tensor, pull: float) -> torch.Tensor:
+    """The gradient of ``loss + pull/2·‖θ − θ_0‖²``; with ``pull`` 0 the loss's own gradient,
+    untouched (so ``pull=0`` is bit-for-bit the unpulled loop)."""
+    return grad + pull * (value - anchor) if pull else grad
+
+
 def make_form(head: EmotionHead, dual: bool) -> Form:
     return DualForm(head) if dual else PlainForm(head)
 
@@ -210,11 +237,14 @@ def make_form(head: EmotionHead, dual: bool) -> Form:
 
 
 def inner_loop(form: Form, meta: Params, lrs: Params, xs: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor,
-               pos_weight: torch.Tensor, steps: int, first_order: bool) -> tuple[Params, list[Params]]:
+               pos_weight: torch.Tensor, steps: int, first_order: bool,
+               pull: float = 0.0) -> tuple[Params, list[Params]]:
     """Adapt to one listener's support (``xs`` [n, L, D], ``ys`` [n, C], mask ``ms`` [n]) with
     ``steps`` full-batch gradient steps; step ``t`` uses ``lrs[name][t]``. Returns the fixed
     context and the trajectory of adapted states (``steps + 1`` entries, the first = init).
-    With ``first_order`` the inner gradients are constants to the outer loop (FOMAML)."""
+    With ``first_order`` the inner gradients are constants to the outer loop (FOMAML).
+    ``pull`` adds ``pull/2·‖θ − θ_meta‖²`` to the support loss (an L2 pull toward the init, so
+    a few noisy support items cannot drag the head far from it); 0 = no pull."""
     ctx, local = form.start(meta, xs, first_order)
     trajectory = [local]
     for t in range(steps):
@@ -224,7 +254,7 @@ def inner_loop(form: Form, meta: Params, lrs: Params, xs: torch.Tensor, ys: torc
         grads = grad(support_loss)(form.free(local))
         if first_order:
             grads = {k: g.detach() for k, g in grads.items()}
-        local = form.update(local, grads, {k: lr[t] for k, lr in lrs.items()})
+        local = form.update(local, grads, {k: lr[t] for k, lr in lrs.items()}, meta, pull)
         trajectory.append(local)
     return ctx, trajectory
 
@@ -298,6 +328,10 @@ class EpisodeSampler:
     ``support`` items and the outer loss is taken on the whole set, support items included, so
     every labelled item shapes the outer loss and none is spent on the inner loop alone.
 
+    ``combined_inner="all"`` is the other reading of the paper ("all sampled training data in
+    both inner and outer loops"): the inner loop adapts on the whole ``support + query`` set too,
+    so inner = outer. It is offered for comparison, not as the default, for this reason:
+
     Why not inner = outer = the whole set: then the outer loss only measures how well the
     adapted head *fits the items it was adapted on*. Meta-training on that objective rewards
     an initialisation and inner learning rates that memorise whatever they are given — the
@@ -306,9 +340,12 @@ class EpisodeSampler:
     because at test time the K support items are then overfitted. Keeping items the inner
     loop has not seen in the outer loss keeps the objective a generalisation objective."""
 
-    def __init__(self, train: MetaTrainSet, support: int, query: int, combined: bool, meta_batch: int) -> None:
+    def __init__(self, train: MetaTrainSet, support: int, query: int, combined: bool, meta_batch: int,
+                 combined_inner: str = "support") -> None:
+        if combined_inner not in COMBINED_INNER:
+            raise ValueError(f"combined_inner={combined_inner!r}; choose one of {', '.join(COMBINED_INNER)}")
         self.train, self.support, self.query = train, support, query
-        self.combined, self.meta_batch = combined, meta_batch
+        self.combined, self.meta_batch, self.combined_inner = combined, meta_batch, combined_inner
         rows_of = [torch.nonzero(train.listener == i).squeeze(1) for i in range(len(train.listeners))]
         need = 1 if combined else 2
         self.rows_of = [r for r in rows_of if len(r) >= need]
@@ -323,7 +360,8 @@ class EpisodeSampler:
             rows = self.rows_of[p]
             rows = rows[torch.randperm(len(rows), generator=generator)]
             if self.combined:
-                sup.append(rows[: self.support])
+                inner = self.support if self.combined_inner == "support" else self.support + self.query
+                sup.append(rows[:inner])
                 qry.append(rows[: self.support + self.query])
             else:
                 n_s = min(self.support, len(rows) - 1)
@@ -379,7 +417,7 @@ class AdaptedPredictor:
 
 
 def adapt_states(form: Form, meta: Params, lrs: Params, xs: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor,
-                 pos_weight: torch.Tensor, steps: int, chunk: int = 256) -> Params:
+                 pos_weight: torch.Tensor, steps: int, chunk: int = 256, pull: float = 0.0) -> Params:
     """Adapted states of N listeners at once, ``chunk`` at a time.
 
     The dual form is adapted with plain autograd on batched parameters: listeners' losses are
@@ -391,14 +429,14 @@ def adapt_states(form: Form, meta: Params, lrs: Params, xs: torch.Tensor, ys: to
     lrs = {k: v.detach() for k, v in lrs.items()}
 
     def one(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> Params:
-        ctx, trajectory = inner_loop(form, meta, lrs, x, y, m, pos_weight, steps, first_order=True)
+        ctx, trajectory = inner_loop(form, meta, lrs, x, y, m, pos_weight, steps, first_order=True, pull=pull)
         return form.state(ctx, trajectory[-1])
 
     parts = []
     for start in range(0, len(xs), chunk):
         sl = slice(start, start + chunk)
         if isinstance(form, DualForm):
-            parts.append(_adapt_dual_batched(form, meta, lrs, xs[sl], ys[sl], ms[sl], pos_weight, steps))
+            parts.append(_adapt_dual_batched(form, meta, lrs, xs[sl], ys[sl], ms[sl], pos_weight, steps, pull))
         else:
             with torch.no_grad():
                 parts.append(vmap(one)(xs[sl], ys[sl], ms[sl]))
@@ -406,7 +444,7 @@ def adapt_states(form: Form, meta: Params, lrs: Params, xs: torch.Tensor, ys: to
 
 
 def _adapt_dual_batched(form: DualForm, meta: Params, lrs: Params, xs: torch.Tensor, ys: torch.Tensor,
-                        ms: torch.Tensor, pos_weight: torch.Tensor, steps: int) -> Params:
+                        ms: torch.Tensor, pos_weight: torch.Tensor, steps: int, pull: float = 0.0) -> Params:
     """:func:`inner_loop` (first order) for a batch of listeners with batched parameters."""
     with torch.no_grad():
         ctx, local = form.start(meta, xs, first_order=True)
@@ -417,17 +455,42 @@ def _adapt_dual_batched(form: DualForm, meta: Params, lrs: Params, xs: torch.Ten
             loss = masked_bce(form.support_logits(meta, ctx, local, free), ys, ms, pos_weight).sum()
             grads = dict(zip(free, torch.autograd.grad(loss, list(free.values())), strict=True))
         with torch.no_grad():
-            local = form.update(local, grads, {k: lr[t] for k, lr in lrs.items()})
+            local = form.update(local, grads, {k: lr[t] for k, lr in lrs.items()}, meta, pull)
     return {k: v.detach() for k, v in form.state(ctx, local).items()}
 
 
+def predict_states(form: Form, meta: Params, states: Params, x: torch.Tensor) -> torch.Tensor:
+    """Logits [M, Q, C] of M adapted states (leading dimension M) on their own items ``x`` [M, Q, L, D]."""
+    frozen = {k: v.detach() for k, v in meta.items()}
+    with torch.no_grad():
+        return vmap(lambda state, xi: form.predict_logits(frozen, state, xi))(states, x)
+
+
+def guarded_states(form: Form, meta: Params, lrs: Params, xs: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor,
+                   pos_weight: torch.Tensor, steps: int, chunk: int = 256, pull: float = 0.0) -> Params:
+    """:func:`adapt_states`, each listener kept at the init (0 steps) unless the leave-one-out
+    check on its own support (:mod:`perserbench.no_harm`) says the adaptation helps."""
+    adapted = adapt_states(form, meta, lrs, xs, ys, ms, pos_weight, steps, chunk, pull)
+    unadapted = adapt_states(form, meta, lrs, xs, ys, ms, pos_weight, 0, chunk)
+
+    def fit_predict(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor, xq: torch.Tensor) -> torch.Tensor:
+        return predict_states(form, meta, adapt_states(form, meta, lrs, x, y, m, pos_weight, steps, chunk, pull), xq)
+
+    evidence = loo_evidence(fit_predict, predict_states(form, meta, unadapted, xs), xs, ys, ms, pos_weight, chunk)
+    return select_states(evidence.keep(), adapted, unadapted)
+
+
 def adapt_many(form: Form, meta: Params, lrs: Params, supports: Sequence[LabelledItems],
-               pos_weight: torch.Tensor, steps: int, chunk: int = 256) -> list[AdaptedPredictor]:
-    """Adapt to every support set in one batched computation; one predictor per support."""
+               pos_weight: torch.Tensor, steps: int, chunk: int = 256, pull: float = 0.0,
+               guard: bool = False) -> list[AdaptedPredictor]:
+    """Adapt to every support set in one batched computation; one predictor per support.
+    ``pull``: L2 pull toward the init (:func:`inner_loop`); ``guard``: the leave-one-out
+    do-no-harm gate (:func:`guarded_states`)."""
     if not supports:
         return []
     xs, ys, ms = pad_supports(supports)
-    states = adapt_states(form, meta, lrs, xs, ys, ms, pos_weight, steps, chunk)
+    adapt = guarded_states if guard else adapt_states
+    states = adapt(form, meta, lrs, xs, ys, ms, pos_weight, steps, chunk, pull)
     frozen = {k: v.detach() for k, v in meta.items()}
     return [AdaptedPredictor(form, frozen, {k: v[i] for k, v in states.items()}) for i in range(len(supports))]
 
@@ -436,7 +499,9 @@ def adapt_many(form: Form, meta: Params, lrs: Params, supports: Sequence[Labelle
 
 
 class MetaSettings(Protocol):
-    """The config fields the meta-learner reads (``maml`` and ``meta-perser`` configs)."""
+    """The config fields the meta-learner reads (``maml`` and ``meta-perser`` configs). Read
+    with a default when absent, so older settings objects keep working: ``adapt_steps`` (-1),
+    ``combined_inner`` ("support") and ``guard`` (False)."""
 
     meta_epochs: int
     steps_per_epoch: int
@@ -499,7 +564,8 @@ class MetaLearner:
 
     def fit(self, train: MetaTrainSet) -> list[EpochLog]:
         s = self.settings
-        sampler = EpisodeSampler(train, s.support, s.query, s.combined, s.meta_batch)
+        sampler = EpisodeSampler(train, s.support, s.query, s.combined, s.meta_batch,
+                                 getattr(s, "combined_inner", "support"))
         generator = torch.Generator().manual_seed(self.seed)
         optimizer = torch.optim.Adam(self.trainable(), lr=s.outer_lr)
         for epoch in range(s.meta_epochs):
@@ -510,6 +576,7 @@ class MetaLearner:
                 loss = self.outer_loss(batch, epoch)
                 loss.backward()
                 optimizer.step()
+                project_learning_rates(self.lrs)
                 losses.append(loss.item())
             mean = sum(losses) / len(losses) if losses else math.nan
             self.history.append(EpochLog(epoch, self.first_order_at(epoch), self.step_weights_at(epoch), mean))
@@ -519,4 +586,5 @@ class MetaLearner:
     def adapt_many(self, supports: Sequence[LabelledItems]) -> list[AdaptedPredictor]:
         steps = getattr(self.settings, "adapt_steps", -1)
         steps = self.settings.inner_steps if steps < 0 else steps
-        return adapt_many(self.form, self.meta, self.lrs, supports, self.pos_weight, steps, self.settings.chunk)
+        return adapt_many(self.form, self.meta, self.lrs, supports, self.pos_weight, steps, self.settings.chunk,
+                          guard=getattr(self.settings, "guard", False))

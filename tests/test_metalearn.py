@@ -224,3 +224,108 @@ def test_multi_step_loss_weights_anneal_from_uniform_to_last_step():
     mid = multi_step_weights(4, 0.5)
     assert sum(mid) == pytest.approx(1.0) and mid[0] == pytest.approx(0.125) and mid[-1] == pytest.approx(0.625)
     assert final_step_weights(3) == (0.0, 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- issue 14: pull, guard, lrs ≥ 0
+
+
+@pytest.mark.parametrize("dual", [False, True], ids=["functional_call", "dual"])
+def test_pulled_adaptation_equals_reference_loop_with_the_pull_in_the_loss(problem, dual):
+    """The batched core applies the L2 pull as a modified update (in the dual form on the
+    low-rank A); the reference differentiates ``loss + pull/2·‖θ − θ_0‖²`` with autograd."""
+    head, pos_weight, batch = problem
+    meta, _ = fresh(head)
+    frozen = {k: v.detach() for k, v in meta.items()}
+    lrs = inner_learning_rates(STEPS, 0.5, learnable=False)
+    form = make_form(head, dual)
+    pulled = adapt_states(form, meta, lrs, batch.xs, batch.ys, batch.ms, pos_weight, STEPS, chunk=3, pull=0.8)
+    plain = adapt_states(form, meta, lrs, batch.xs, batch.ys, batch.ms, pos_weight, STEPS, chunk=3)
+    reference = reference_adapt(head, meta, lrs, batch.xs, batch.ys, batch.ms, pos_weight, STEPS, pull=0.8)
+    moved = 0.0
+    for i, params in enumerate(reference):
+        got = torch.sigmoid(form.predict_logits(frozen, {k: v[i] for k, v in pulled.items()}, batch.xq[i])).detach()
+        assert torch.allclose(got, reference_predict(head, frozen, params, batch.xq[i]), atol=TOL, rtol=0)
+        unpulled = torch.sigmoid(form.predict_logits(frozen, {k: v[i] for k, v in plain.items()}, batch.xq[i]))
+        moved = max(moved, (got - unpulled.detach()).abs().max().item())
+    assert moved > 1e-4  # the pull changed the adapted heads, so the comparison means something
+    zero = adapt_states(form, meta, lrs, batch.xs, batch.ys, batch.ms, pos_weight, STEPS, chunk=3, pull=0.0)
+    assert all(torch.equal(zero[k], plain[k]) for k in plain)  # pull=0 is today's loop, bit for bit
+
+
+@pytest.mark.parametrize("dual", [False, True], ids=["functional_call", "dual"])
+def test_guarded_adaptation_equals_a_per_listener_leave_one_out_loop(problem, dual):
+    """The batched gate against the textbook loop: for each listener, adapt on every K−1
+    subset with the reference inner loop, score the left-out item against the unadapted init,
+    keep the adaptation only if its mean held-out loss is lower."""
+    from perserbench.metalearn import guarded_states
+    from perserbench.no_harm import item_loss
+
+    head, pos_weight, batch = problem
+    meta, _ = fresh(head)
+    frozen = {k: v.detach() for k, v in meta.items()}
+    init = {k: frozen[k] for k in INNER_PARAMS}
+    form = make_form(head, dual)
+    decisions = set()
+    for lr in (0.5, 30.0):  # a sane step and a harmful one, so both decisions occur
+        lrs = inner_learning_rates(STEPS, lr, learnable=False)
+        states = guarded_states(form, meta, lrs, batch.xs, batch.ys, batch.ms, pos_weight, STEPS, chunk=5)
+        adapted = reference_adapt(head, meta, lrs, batch.xs, batch.ys, batch.ms, pos_weight, STEPS)
+        for i in range(len(batch.xs)):
+            real = torch.nonzero(batch.ms[i] > 0).squeeze(1)
+            gain = 0.0
+            for j in real.tolist():
+                rest = real[real != j]
+                params = reference_adapt(head, meta, lrs, batch.xs[i][rest][None], batch.ys[i][rest][None],
+                                         torch.ones(1, len(rest)), pos_weight, STEPS)[0]
+                x, y = batch.xs[i][j:j + 1], batch.ys[i][j:j + 1]
+                with torch.no_grad():
+                    gain += (item_loss(head_logits(head, frozen, init, x), y, pos_weight)
+                             - item_loss(head_logits(head, frozen, params, x), y, pos_weight)).item()
+            keep = gain > 0
+            decisions.add(keep)
+            want = reference_predict(head, frozen, adapted[i] if keep else init, batch.xq[i])
+            got = torch.sigmoid(form.predict_logits(frozen, {k: v[i] for k, v in states.items()}, batch.xq[i]))
+            assert torch.allclose(got.detach(), want, atol=TOL, rtol=0), (lr, i, keep)
+    assert decisions == {True, False}
+
+
+def head_logits(head, meta, params, x):
+    from perserbench.bench import _forward
+
+    return _forward(head, meta, params, x)
+
+
+def test_learned_inner_learning_rates_stay_non_negative(toy_train, monkeypatch):
+    """An outer objective that rewards lowering every lr (its meta-gradient is +1 on each), with
+    Adam steps of 0.05 from lrs of 0.1: after three steps they would be −0.05; the projection
+    stops them at 0. Without it (patched out) they go negative, so the check can fail."""
+    import perserbench.metalearn as ml
+
+    def lower_every_lr(learner):
+        return lambda batch, epoch: sum(lr.sum() for lr in learner.lrs.values()) + 0 * learner.meta["out.bias"].sum()
+
+    settings = Settings(inner_lr=0.1, outer_lr=0.05, meta_epochs=1, steps_per_epoch=3)
+    learner = toy_learner(toy_train, settings)
+    learner.outer_loss = lower_every_lr(learner)
+    learner.fit(toy_train)
+    assert all(torch.equal(lr.detach(), torch.zeros(STEPS)) for lr in learner.lrs.values())
+    monkeypatch.setattr(ml, "project_learning_rates", lambda lrs: None)
+    unprojected = toy_learner(toy_train, settings)
+    unprojected.outer_loss = lower_every_lr(unprojected)
+    unprojected.fit(toy_train)
+    assert all((lr.detach() < -0.01).all() for lr in unprojected.lrs.values())
+    fixed = toy_learner(toy_train, dataclasses.replace(settings, per_step_lrs=False, inner_lr=0.3))
+    fixed.fit(toy_train)
+    assert all(torch.equal(lr, torch.full((STEPS,), 0.3)) for lr in fixed.lrs.values())  # vanilla: untouched
+
+
+def test_combined_inner_all_adapts_on_the_whole_combined_set(toy_train):
+    gen = torch.Generator().manual_seed(3)
+    batch = EpisodeSampler(toy_train, 4, 5, combined=True, meta_batch=3, combined_inner="all").sample(gen)
+    assert torch.equal(batch.support_rows, batch.query_rows)  # inner = outer
+    assert batch.ms.sum(1).tolist() == [9.0, 9.0, 9.0]
+    default = EpisodeSampler(toy_train, 4, 5, combined=True, meta_batch=3).sample(torch.Generator().manual_seed(3))
+    assert torch.equal(default.query_rows, batch.query_rows)  # same draw, only the inner set differs
+    assert torch.equal(default.support_rows, batch.support_rows[:, :4])
+    with pytest.raises(ValueError, match="combined_inner"):
+        EpisodeSampler(toy_train, 4, 5, combined=True, meta_batch=3, combined_inner="query")

@@ -237,3 +237,98 @@ def test_adapt_steps_zero_is_the_unadapted_meta_init(toy):
     assert torch.equal(adapted.learner_.meta["out.bias"], model.learner_.meta["out.bias"])  # same meta-training
     with pytest.raises(PerserbenchError, match="adapt_steps=9"):
         create_method("maml", {"adapt_steps": "9"}).meta_fit(MetaTrainSet(toy, fold))
+
+
+# --------------------------------------------------------------------------- issue 14: do no harm
+
+
+GUARDED = [(m, {**SMALL[m], "guard": "true"}) for m in METHODS]
+
+
+@pytest.mark.parametrize(("method", "config"), GUARDED, ids=[m for m, _ in GUARDED])
+def test_guarded_adaptation_is_batched_exactly_and_deterministic(toy, method, config):
+    """The gate is a function of one listener's support: adapting all listeners at once equals
+    adapting each alone, and the same seed gives the same predictions."""
+    fold = toy.folds[0]
+    model = create_method(method, config, seed=0)
+    model.meta_fit(MetaTrainSet(toy, fold))
+    items = [episode_items(toy, ep) for ep in sample_episodes(toy, fold, "seen", 5)]
+    batched = model.adapt_many([s for s, _, _ in items])
+    for predictor, (support, query, _) in zip(batched, items):
+        assert torch.allclose(predictor.predict_proba(query), model.adapt(support).predict_proba(query), atol=1e-5)
+    again = predictions(toy, method, config, seed=3, scenario="seen")
+    assert all(np.array_equal(x, y) for x, y in zip(again, predictions(toy, method, config, seed=3, scenario="seen")))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_guard_with_one_support_item_keeps_the_unadapted_model(toy, method):
+    """K=1 leaves nothing to leave out: no evidence, so every listener keeps the unadapted
+    model (consensus; for the MAML family the meta-learned init, adapt_steps=0)."""
+    unadapted = {"finetune": ("consensus", {}), "protonet": ("consensus", {}),
+                 "maml": ("maml", {**SMALL["maml"], "adapt_steps": "0"}),
+                 "meta-perser": ("meta-perser", {**SMALL["meta-perser"], "adapt_steps": "0"})}[method]
+    want = predictions(toy, *unadapted, k=1)
+    got = predictions(toy, method, {**SMALL[method], "guard": "true"}, k=1)
+    assert all(np.allclose(x, y, atol=1e-6) for x, y in zip(got, want))
+    if method != "protonet":  # (ungated protonet is consensus at K=1 by construction)
+        ungated = predictions(toy, method, SMALL[method], k=1)
+        assert not all(np.allclose(x, y, atol=1e-4) for x, y in zip(ungated, want))
+
+
+def test_finetune_pull_is_exact_at_zero_and_pulls_toward_consensus(toy):
+    consensus = predictions(toy, "consensus", {})
+    plain = predictions(toy, "finetune", {})
+    assert all(np.array_equal(x, y) for x, y in zip(plain, predictions(toy, "finetune", {"pull": "0"})))
+    dist = lambda preds: float(np.mean([np.abs(p - c).mean() for p, c in zip(preds, consensus)]))
+    pulled = [predictions(toy, "finetune", {"pull": str(p), "lr": "0.5"}) for p in (0, 0.5, 1.5)]
+    assert dist(pulled[0]) > dist(pulled[1]) > dist(pulled[2]) > 0  # stronger pull, nearer consensus
+    dual = predictions(toy, "finetune", {"pull": "1", "lr": "0.5", "dual": "true"})
+    plain_form = predictions(toy, "finetune", {"pull": "1", "lr": "0.5", "dual": "false"})
+    assert all(np.allclose(x, y, atol=1e-5) for x, y in zip(dual, plain_form))
+    with pytest.raises(PerserbenchError, match="lr \\* pull"):  # the pull's own step would diverge
+        create_method("finetune", {"pull": "40", "lr": "0.05"}).meta_fit(MetaTrainSet(toy, toy.folds[0]))
+
+
+def test_protonet_shrinkage_is_exact_at_zero_and_pulls_prototypes_to_the_prior(toy):
+    from perserbench.methods.protonet import prototypes
+
+    e = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
+    y = torch.tensor([[1.0], [0.0], [0.0]])
+    prior = (torch.tensor([[4.0, 4.0]]), torch.tensor([[-1.0, -1.0]]))
+    pos, neg, valid = prototypes(e, y, torch.ones(3), prior, tau=2.0)
+    assert torch.allclose(pos[0], (e[0] + 2 * prior[0][0]) / 3)  # one item plus two pseudo-items
+    assert torch.allclose(neg[0], (e[1] + e[2] + 2 * prior[1][0]) / 4)
+    assert valid.tolist() == [True]
+    assert all(torch.equal(a, b) for a, b in zip(prototypes(e, y, torch.ones(3), prior, 0.0),
+                                                 prototypes(e, y, torch.ones(3))))
+    small = SMALL["protonet"]
+    fold = toy.folds[0]
+    unshrunk = create_method("protonet", {**small, "tau": "0"}, seed=0)
+    unshrunk.meta_fit(MetaTrainSet(toy, fold))
+    assert set(unshrunk.meta_) == {"layer_logits", "hidden.weight", "hidden.bias", "log_scale"}  # no prior at all
+    shrunk = predictions(toy, "protonet", {**small, "tau": "2"})
+    assert not all(np.allclose(x, y) for x, y in zip(shrunk, predictions(toy, "protonet", {**small, "tau": "0"})))
+    model = create_method("protonet", {**small, "tau": "2"}, seed=0)
+    model.meta_fit(MetaTrainSet(toy, fold))
+    assert model.meta_["prior_pos"].shape == (3, 256)  # meta-learned, one per class
+    items = [episode_items(toy, ep) for ep in sample_episodes(toy, fold, "seen", 5)]
+    batched = model.adapt_many([s for s, _, _ in items])
+    for predictor, (support, query, _) in zip(batched, items):
+        assert torch.allclose(predictor.predict_proba(query), model.adapt(support).predict_proba(query), atol=1e-5)
+
+
+def test_meta_perser_default_init_is_the_consensus_method_model(toy):
+    """With its *default* config (no overrides) meta-perser starts from exactly the model the
+    consensus method trains: same architecture fields, same epochs, same weights."""
+    from perserbench.methods.consensus import ConsensusConfig
+    from perserbench.methods.meta_perser import MetaPerserConfig
+
+    defaults, consensus_config = MetaPerserConfig(), ConsensusConfig()
+    assert defaults.init == "consensus" and defaults.pretrain_epochs == consensus_config.epochs
+    assert (defaults.hidden, defaults.layer_weights) == (consensus_config.hidden, consensus_config.layer_weights)
+    train = MetaTrainSet(toy, toy.folds[0])
+    consensus = create_method("consensus", {}, seed=2)
+    consensus.meta_fit(train)
+    init = create_method("meta-perser", {}, seed=2).initial_head(train)
+    want = consensus.model_.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in init.state_dict().items())

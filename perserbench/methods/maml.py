@@ -18,7 +18,7 @@ import torch
 from perserbench.episodes import LabelledItems, MetaTrainSet
 from perserbench.errors import PerserbenchError
 from perserbench.head import EmotionHead, _doc, head_for, positive_weights
-from perserbench.metalearn import MetaLearner
+from perserbench.metalearn import COMBINED_INNER, MetaLearner
 from perserbench.method import Method, Predictor
 from perserbench.methods.consensus import ConsensusConfig, train_consensus
 from perserbench.registry import register_method
@@ -44,6 +44,10 @@ class MamlConfig:
                            "K = 1..20, so one meta-training serves every K", ge=1)
     query: int = _doc(15, "outer-loss items per training episode (disjoint from the support unless combined)", ge=1)
     combined: bool = _doc(False, "vanilla MAML: disjoint support/query split within each sampled listener")
+    combined_inner: str = _doc("support", "with combined: what the inner loop adapts on -- 'support' (the first "
+                                          "`support` items; the outer loss covers support+query) or 'all' (inner = "
+                                          "outer = support+query, the other reading of the paper). Not tuned yet; "
+                                          "see metalearn.EpisodeSampler", choices=COMBINED_INNER)
     inner_steps: int = _doc(5, "inner SGD steps at meta-training and at test time (MAML's usual 5)", ge=0)
     adapt_steps: int = _doc(-1, "inner steps at test time; -1 = inner_steps. 0 evaluates the meta-learned "
                                 "init unadapted (the ablation that separates personalization from the init)", ge=-1)
@@ -51,7 +55,8 @@ class MamlConfig:
                                 "0.533): 0.03/0.1/0.3 -> 0.544/0.545/0.546, flat; 0.3 costs K=1 (unseen "
                                 "0.511 vs 0.527 at 0.1) for K=20 gains; 0.1 is the middle", gt=0)
     outer_lr: float = _doc(1e-3, "Adam on the meta-parameters; MAML's default", gt=0)
-    per_step_lrs: bool = _doc(False, "vanilla MAML: one fixed inner lr")
+    per_step_lrs: bool = _doc(False, "vanilla MAML: one fixed inner lr. When learned, the lrs are projected onto "
+                                     ">= 0 after every outer step (metalearn.project_learning_rates)")
     first_order_epochs: int = _doc(0, "vanilla MAML is second order throughout; set to meta_epochs for FOMAML", ge=0)
     multi_step_loss: bool = _doc(False, "vanilla MAML: outer loss after the last inner step only")
     multi_step_epochs: int = _doc(5, "with multi_step_loss: epochs over which the per-step loss weights anneal "
@@ -59,6 +64,10 @@ class MamlConfig:
     dual: bool = _doc(True, "exact low-rank form of the first layer's inner updates (~5-10x faster on CPU); "
                             "False = materialised weights through functional_call, same numbers")
     chunk: int = _doc(256, "test listeners adapted per vmap call; bounds memory for large cells", ge=1)
+    guard: bool = _doc(False, "do-no-harm gate (perserbench.no_harm): keep a listener at the meta-learned init "
+                              "unless adapting on each K-1 subset of the support predicts the left-out item "
+                              "better; costs K extra batched adaptations. Off = the ungated method; not "
+                              "tuned yet")
 
 
 class MamlFamily(Method):

@@ -4,7 +4,10 @@ annealing and per-layer per-step learnable inner learning rates (DESIGN §3).
 Same code as ``maml`` (:class:`perserbench.methods.maml.MamlFamily`); each component is one config field,
 so an ablation is a config: ``-c init=random``, ``-c combined=false``,
 ``-c first_order_epochs=0``, ``-c per_step_lrs=false``, ``-c multi_step_loss=true``;
-``-c adapt_steps=0`` evaluates the meta-learned init without adaptation.
+``-c adapt_steps=0`` evaluates the meta-learned init without adaptation. ``-c combined_inner=all``
+is the other reading of combined-set training (inner = outer = the whole sampled set) and
+``-c guard=true`` the leave-one-out do-no-harm gate (:mod:`perserbench.no_harm`); both off.
+The learned inner lrs are projected onto lr >= 0 after every outer step.
 
 What the components were worth in the earlier, superseded validation (a split of ``synthetic``'s
 meta-train listeners, who are test listeners of other folds; defaults are now tuned on
