@@ -96,12 +96,21 @@ def _load(paths: Sequence[Path]) -> list[RunResult]:
     return results
 
 
+def _label(r: RunResult, configs: dict[str, set[str]]) -> str:
+    """The method's name, with its config hash when the name appears under several configs."""
+    chash = str(r.method.get("config_hash", ""))
+    return f"{r.method_name}@{chash[:6]}" if len(configs[r.method_name]) > 1 else r.method_name
+
+
 def _episodes(results: Sequence[RunResult]) -> dict[tuple[str, Cell], list[EpisodeRecord]]:
     """(method, cell) → every episode record of every seed (several files of one method merge)."""
+    configs: dict[str, set[str]] = defaultdict(set)
+    for r in results:
+        configs[r.method_name].add(str(r.method.get("config_hash", "")))
     out: dict[tuple[str, Cell], list[EpisodeRecord]] = defaultdict(list)
     for r in results:
         for rec in r.episodes:
-            out[(r.method_name, (r.task_name, rec.scenario, rec.shots))].append(rec)
+            out[(_label(r, configs), (r.task_name, rec.scenario, rec.shots))].append(rec)
     return out
 
 
@@ -174,8 +183,11 @@ def absent_classes(episodes: itertools.chain) -> dict[str, float]:
 def render(ev: list[MetricEvidence], agreement: Agreement, absent: dict, results: Sequence[RunResult],
            uniform: Sequence[str]) -> str:
     tasks = sorted({r.task_name for r in results})
-    methods = sorted({r.method_name for r in results})
-    seeds = {m: sorted({s for r in results if r.method_name == m for s in r.seeds}) for m in methods}
+    configs: dict[str, set[str]] = defaultdict(set)
+    for r in results:
+        configs[r.method_name].add(str(r.method.get("config_hash", "")))
+    methods = sorted({_label(r, configs) for r in results})
+    seeds = {m: sorted({s for r in results if _label(r, configs) == m for s in r.seeds}) for m in methods}
     lines = [f"Inputs: {len(results)} result files; tasks {', '.join(tasks)} (uniform controls: "
              f"{', '.join(u for u in uniform if u in tasks) or 'none'}); methods (seeds) "
              + ", ".join(f"{m} {seeds[m]}" for m in methods) + ".", "",
