@@ -10,6 +10,8 @@ of some methods) this prints, per metric, the three numbers docs/metrics.md deci
 * **bias on the uniform controls**: method − consensus on tasks where every listener
   perceives alike, where personalization cannot help and an unbiased metric gives ~0 to an
   adaptation that only adds noise; averaged over cells, per method.
+* **paired signal over listeners**: the median |t| of method − consensus over the test
+  listeners on the heterogeneous tasks (what the board's paired tests see);
 * **ranking agreement**: Kendall's tau (``scipy.stats.kendalltau``) between the two metrics'
   rankings of the methods in each (task, cell), and how many cells rank identically.
 
@@ -49,15 +51,20 @@ METRICS = ("macro_f1", POOLED_METRIC)
 Cell = tuple[str, str, int]  # (task, scenario, K)
 
 
-def cell_score(episodes: Sequence[EpisodeRecord], metric: str) -> float:
-    """Mean over listeners of the listener's score: mean of its episodes' ``macro_f1``, or its
-    pooled macro-F1 (counts over all given episodes, seeds included)."""
+def listener_scores(episodes: Sequence[EpisodeRecord], metric: str) -> dict[str, float]:
+    """Each listener's score: the mean of its episodes' ``macro_f1``, or its pooled macro-F1
+    (counts over all given episodes, seeds included)."""
     by_listener: dict[str, list[EpisodeRecord]] = defaultdict(list)
     for rec in episodes:
         by_listener[rec.listener].append(rec)
     if metric == POOLED_METRIC:
-        return float(np.mean([pooled_f1(recs) for recs in by_listener.values()]))
-    return float(np.mean([np.mean([getattr(r, metric) for r in recs]) for recs in by_listener.values()]))
+        return {x: pooled_f1(recs) for x, recs in by_listener.items()}
+    return {x: float(np.mean([getattr(r, metric) for r in recs])) for x, recs in by_listener.items()}
+
+
+def cell_score(episodes: Sequence[EpisodeRecord], metric: str) -> float:
+    """Mean over listeners of the listener's score."""
+    return float(np.mean(list(listener_scores(episodes, metric).values())))
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,7 @@ class MetricEvidence:
     noise_to_signal: float  # seed_sd / between_method_sd
     uniform_bias: dict[str, float]  # method -> mean over uniform cells of (method − consensus)
     uniform_abs_bias: float  # mean over methods of |bias|
+    paired_t: float  # median over (non-uniform cell, method) of |t| of method − consensus over listeners
 
 
 @dataclass(frozen=True)
@@ -88,12 +96,21 @@ def _load(paths: Sequence[Path]) -> list[RunResult]:
     return results
 
 
+def _label(r: RunResult, configs: dict[str, set[str]]) -> str:
+    """The method's name, with its config hash when the name appears under several configs."""
+    chash = str(r.method.get("config_hash", ""))
+    return f"{r.method_name}@{chash[:6]}" if len(configs[r.method_name]) > 1 else r.method_name
+
+
 def _episodes(results: Sequence[RunResult]) -> dict[tuple[str, Cell], list[EpisodeRecord]]:
     """(method, cell) → every episode record of every seed (several files of one method merge)."""
+    configs: dict[str, set[str]] = defaultdict(set)
+    for r in results:
+        configs[r.method_name].add(str(r.method.get("config_hash", "")))
     out: dict[tuple[str, Cell], list[EpisodeRecord]] = defaultdict(list)
     for r in results:
         for rec in r.episodes:
-            out[(r.method_name, (r.task_name, rec.scenario, rec.shots))].append(rec)
+            out[(_label(r, configs), (r.task_name, rec.scenario, rec.shots))].append(rec)
     return out
 
 
@@ -119,11 +136,22 @@ def evidence(results: Sequence[RunResult], uniform: Sequence[str]) -> tuple[list
                     if m != BASELINE:
                         bias[m].append(scores[(m, cell, metric)] - scores[(BASELINE, cell, metric)])
         mean_bias = {m: float(np.mean(v)) for m, v in sorted(bias.items())}
+        t_values = []
+        for cell in cells:
+            if cell[0] in uniform or BASELINE not in methods_in[cell]:
+                continue
+            base = listener_scores(episodes[(BASELINE, cell)], metric)
+            for m in methods_in[cell]:
+                if m != BASELINE:
+                    mine = listener_scores(episodes[(m, cell)], metric)
+                    d = np.array([mine[x] - base[x] for x in sorted(base)])
+                    if d.std(ddof=1) > 0:
+                        t_values.append(abs(d.mean()) / d.std(ddof=1) * np.sqrt(len(d)))
         seed_sd = float(np.mean(seed_sds)) if seed_sds else float("nan")
         between_sd = float(np.mean(between)) if between else float("nan")
         out.append(MetricEvidence(metric, seed_sd, len(seed_sds), between_sd, seed_sd / between_sd,
                                   mean_bias, float(np.mean(np.abs(list(mean_bias.values())))) if mean_bias
-                                  else float("nan")))
+                                  else float("nan"), float(np.median(t_values)) if t_values else float("nan")))
     taus, identical = [], 0
     for cell in cells:
         ms = methods_in[cell]
@@ -155,17 +183,21 @@ def absent_classes(episodes: itertools.chain) -> dict[str, float]:
 def render(ev: list[MetricEvidence], agreement: Agreement, absent: dict, results: Sequence[RunResult],
            uniform: Sequence[str]) -> str:
     tasks = sorted({r.task_name for r in results})
-    methods = sorted({r.method_name for r in results})
-    seeds = {m: sorted({s for r in results if r.method_name == m for s in r.seeds}) for m in methods}
+    configs: dict[str, set[str]] = defaultdict(set)
+    for r in results:
+        configs[r.method_name].add(str(r.method.get("config_hash", "")))
+    methods = sorted({_label(r, configs) for r in results})
+    seeds = {m: sorted({s for r in results if _label(r, configs) == m for s in r.seeds}) for m in methods}
     lines = [f"Inputs: {len(results)} result files; tasks {', '.join(tasks)} (uniform controls: "
              f"{', '.join(u for u in uniform if u in tasks) or 'none'}); methods (seeds) "
              + ", ".join(f"{m} {seeds[m]}" for m in methods) + ".", "",
-             "| metric | run-to-run SD (seeds) | between-method SD | noise / signal | mean abs. bias on uniform "
-             "controls | " + " | ".join(f"bias {m}" for m in sorted(ev[0].uniform_bias)) + " |",
-             "|:---|---:|---:|---:|---:|" + "---:|" * len(ev[0].uniform_bias)]
+             "| metric | run-to-run SD (seeds) | between-method SD | noise / signal | median paired abs. t vs "
+             "consensus | mean abs. bias on uniform controls | "
+             + " | ".join(f"bias {m}" for m in sorted(ev[0].uniform_bias)) + " |",
+             "|:---|---:|---:|---:|---:|---:|" + "---:|" * len(ev[0].uniform_bias)]
     for e in ev:
         lines.append(f"| {e.metric} | {e.seed_sd:.4f} (n = {e.n_seed_cells}) | {e.between_method_sd:.4f} | "
-                     f"{e.noise_to_signal:.3f} | {e.uniform_abs_bias:.4f} | "
+                     f"{e.noise_to_signal:.3f} | {e.paired_t:.2f} | {e.uniform_abs_bias:.4f} | "
                      + " | ".join(f"{e.uniform_bias[m]:+.4f}" for m in sorted(e.uniform_bias)) + " |")
     lines += ["", (f"Ranking agreement (Kendall tau between the two metrics' rankings of the methods, per cell with "
                   f">= 3 methods): mean {agreement.mean_tau:.3f}, min {agreement.min_tau:.3f}, identical rankings "
