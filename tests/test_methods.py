@@ -19,8 +19,9 @@ from perserbench.tasks import load_task
 SMALL = {
     "finetune": {"guard": "false"},  # the ungated method; the gate has its own tests below
     "protonet": {"meta_epochs": "2", "steps_per_epoch": "4", "support": "6", "query": "6"},
-    "maml": {"meta_epochs": "2", "steps_per_epoch": "4", "inner_steps": "2"},
-    "meta-perser": {"meta_epochs": "2", "steps_per_epoch": "4", "inner_steps": "2", "first_order_epochs": "1"},
+    "maml": {"meta_epochs": "2", "steps_per_epoch": "4", "inner_steps": "2", "guard": "false"},
+    "meta-perser": {"meta_epochs": "2", "steps_per_epoch": "4", "inner_steps": "2", "first_order_epochs": "1",
+                    "guard": "false"},
 }
 METHODS = sorted(SMALL)
 

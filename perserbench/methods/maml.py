@@ -64,10 +64,12 @@ class MamlConfig:
     dual: bool = _doc(True, "exact low-rank form of the first layer's inner updates (~5-10x faster on CPU); "
                             "False = materialised weights through functional_call, same numbers")
     chunk: int = _doc(256, "test listeners adapted per vmap call; bounds memory for large cells", ge=1)
-    guard: bool = _doc(False, "do-no-harm gate (perserbench.no_harm): keep a listener at the meta-learned init "
-                              "unless adapting on each K-1 subset of the support predicts the left-out item "
-                              "better; costs K extra batched adaptations. Off = the ungated method; not "
-                              "tuned yet")
+    guard: bool = _doc(True, "do-no-harm gate (perserbench.no_harm): keep a listener at the meta-learned init "
+                             "unless adapting on each K-1 subset of the support predicts the left-out item "
+                             "better; costs K extra batched adaptations; False = the ungated method. "
+                             "synthetic-dev (mean macro-F1 over 8 cells; consensus 0.533): maml ungated/gated "
+                             "0.545/0.547, meta-perser 0.543/0.544; gated, K=1 keeps the unadapted init "
+                             "(meta-perser K=1 seen/unseen 0.514/0.522 -> 0.523/0.533)")
 
 
 class MamlFamily(Method):

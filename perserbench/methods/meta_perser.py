@@ -6,7 +6,8 @@ so an ablation is a config: ``-c init=random``, ``-c combined=false``,
 ``-c first_order_epochs=0``, ``-c per_step_lrs=false``, ``-c multi_step_loss=true``;
 ``-c adapt_steps=0`` evaluates the meta-learned init without adaptation. ``-c combined_inner=all``
 is the other reading of combined-set training (inner = outer = the whole sampled set) and
-``-c guard=true`` the leave-one-out do-no-harm gate (:mod:`perserbench.no_harm`); both off.
+``-c guard=false`` switches off the leave-one-out do-no-harm gate (:mod:`perserbench.no_harm`,
+on by default for every adaptive built-in).
 The learned inner lrs are projected onto lr >= 0 after every outer step.
 
 What the components were worth in the earlier, superseded validation (a split of ``synthetic``'s
