@@ -8,6 +8,8 @@ scenarios, every K) through the one runner, so what is tuned is exactly what is 
 
     .venv/bin/python benchmarks/validate_defaults.py --task synthetic-dev --method finetune \
         --grid lr=0.02,0.05,0.1 --grid steps=5,10,20
+    .venv/bin/python benchmarks/validate_defaults.py --method meta-perser \
+        --variant combined=false --variant per_step_lrs=false      # an ablation: defaults, then each off
 
 prints mean macro-F1 per (scenario, K), the mean over cells and the mean difference to
 consensus, for every grid point, with consensus as the reference row.
@@ -37,6 +39,9 @@ def main() -> None:
     parser.add_argument("--method", required=True)
     parser.add_argument("--grid", action="append", default=[], help="key=v1,v2,... (repeatable)")
     parser.add_argument("--set", action="append", default=[], help="fixed key=value override (repeatable)")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="one extra row per key=value[,key=value], on top of --set (repeatable): an ablation "
+                             "is one --variant per component switched off")
     parser.add_argument("--seed", action="append", type=int, default=None, help="method seed(s) (repeatable)")
     args = parser.parse_args()
 
@@ -49,6 +54,8 @@ def main() -> None:
     values = [g.split("=", 1)[1].split(",") for g in args.grid]
     rows = [("consensus", {})] + [(args.method, {**fixed, **dict(zip(keys, combo))})
                                   for combo in itertools.product(*values)]
+    rows += [(args.method, {**fixed, **dict(kv.split("=", 1) for kv in variant.split(","))})
+             for variant in args.variant]
     seeds = args.seed or [0]
     reference: dict[tuple[str, int], float] = {}
     header = None
