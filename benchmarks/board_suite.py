@@ -38,11 +38,11 @@ COMPETITORS = ("consensus", "calibrate", "finetune", "maml", "meta-perser", "pro
 NON_ADAPTIVE = ("consensus",)
 
 
-def plan(tasks: list[str], methods: list[str]) -> list[tuple[str, str, str]]:
+def plan(tasks: list[str], methods: list[str], references: bool = True) -> list[tuple[str, str, str]]:
     """(task, method, control) triples, in the order they run."""
     runs = []
     for task in tasks:
-        references = ["oracle"] + (["personal"] if task in HETEROGENEOUS else [])
+        references = ["oracle"] + (["personal"] if task in HETEROGENEOUS else []) if references else []
         runs += [(task, m, "own") for m in [*methods, *references]]
         if task in HETEROGENEOUS:
             runs += [(task, m, "other-listener") for m in methods if m not in NON_ADAPTIVE]
@@ -54,10 +54,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("leaderboard/results"))
     parser.add_argument("--tasks", default=",".join(HETEROGENEOUS + UNIFORM))
     parser.add_argument("--methods", default=",".join(COMPETITORS))
+    parser.add_argument("--no-references", action="store_true",
+                        help="skip oracle/personal (e.g. when several invocations share the work)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     cost: dict[str, float] = {}
-    for task_name, method, control in plan(args.tasks.split(","), args.methods.split(",")):
+    for task_name, method, control in plan(args.tasks.split(","), args.methods.split(","), not args.no_references):
         task = load_task(task_name)
         existing = [p for p in args.out.glob(f"{method}__{task_name}__*.json")
                     if p.name.endswith("__ctl-other.json") == (control == "other-listener")]

@@ -163,33 +163,43 @@ def _permutation(task: ResolvedTask, listener: str, scenario: str, index: int, r
     return rows[rng.permutation(len(rows))]
 
 
-def control_partner(fold: ListenerFold, scenario: str, listener: str) -> str:
-    """The other-listener control's deterministic pairing: the next test listener of the same
-    fold and scenario (cyclically, by name). Partners are test listeners of the fold, so their
-    labels never entered this fold's meta-training."""
+def control_partners(fold: ListenerFold, scenario: str, listener: str) -> list[str]:
+    """The other-listener control's deterministic pairing order: the fold's other test listeners
+    of the scenario, cyclically by name starting after ``listener``. The partner is the first of
+    them with enough labels (:func:`control_episode`). Partners are test listeners of the fold,
+    so their labels never entered this fold's meta-training."""
     listeners = sorted(fold.test[scenario])
     if len(listeners) < 2:
         raise PerserbenchError(
             f"the other-listener control needs at least 2 test listeners per fold; fold {fold.index} has "
             f"{len(listeners)} in scenario {scenario!r} (use fewer listener folds)"
         )
-    return listeners[(listeners.index(listener) + 1) % len(listeners)]
+    start = listeners.index(listener)
+    return [listeners[(start + step) % len(listeners)] for step in range(1, len(listeners))]
 
 
 def control_episode(task: ResolvedTask, fold: ListenerFold, episode: Episode) -> Episode:
     """The other-listener control of ``episode``: the same query (the target listener's),
-    with a support of K items labelled by :func:`control_partner`, drawn in the partner's own
-    episode order from the partner's rows outside the partner's query *and* outside the
-    target's query audio, so the support never labels an item the target is scored on."""
-    partner = control_partner(fold, episode.scenario, episode.listener)
+    with a support of K items labelled by a partner, drawn in the partner's own episode order
+    from the partner's rows outside the partner's query *and* outside the target's query audio,
+    so the support never labels an item the target is scored on.
+
+    The partner is the first of :func:`control_partners` with at least max(K) such rows, so one
+    partner serves every K of the episode and the control's supports stay nested across K like
+    the own supports (a listener with few labels in a scenario is skipped, not an error)."""
     ann = task.corpus.annotations
-    rows = task.listener_rows(partner, episode.scenario)
-    perm = _permutation(task, partner, episode.scenario, episode.index, rows)[_query_size(task, rows):]
-    allowed = perm[~np.isin(ann.utterance[perm], ann.utterance[episode.query])]
-    if len(allowed) < episode.shots:
+    need = max(task.spec.episodes.shots)
+    for partner in control_partners(fold, episode.scenario, episode.listener):
+        rows = task.listener_rows(partner, episode.scenario)
+        perm = _permutation(task, partner, episode.scenario, episode.index, rows)[_query_size(task, rows):]
+        allowed = perm[~np.isin(ann.utterance[perm], ann.utterance[episode.query])]
+        if len(allowed) >= need:
+            break
+    else:
         raise PerserbenchError(
-            f"other-listener control: partner {partner!r} of listener {episode.listener!r} has only {len(allowed)} "
-            f"labels outside both queries in scenario {episode.scenario!r}, fewer than K={episode.shots}"
+            f"other-listener control: no other test listener of fold {fold.index} has {need} labels outside both "
+            f"queries of listener {episode.listener!r}'s episode {episode.index} in scenario {episode.scenario!r}; "
+            f"use fewer listener folds or smaller shots"
         )
     control = dataclasses.replace(episode, support=np.sort(allowed[:episode.shots]))
     if np.intersect1d(ann.utterance[control.support], ann.utterance[control.query]).size:
