@@ -42,8 +42,8 @@ def plan(tasks: list[str], methods: list[str], references: bool = True) -> list[
     """(task, method, control) triples, in the order they run."""
     runs = []
     for task in tasks:
-        references = ["oracle"] + (["personal"] if task in HETEROGENEOUS else []) if references else []
-        runs += [(task, m, "own") for m in [*methods, *references]]
+        ceilings = (["oracle"] + (["personal"] if task in HETEROGENEOUS else [])) if references else []
+        runs += [(task, m, "own") for m in [*methods, *ceilings]]
         if task in HETEROGENEOUS:
             runs += [(task, m, "other-listener") for m in methods if m not in NON_ADAPTIVE]
     return runs
