@@ -55,7 +55,7 @@ class ProtonetConfig:
     meta_epochs: int = _doc(10, "10 x 40 = 400 episodic steps. synthetic-dev (mean macro-F1 over 8 cells; "
                                 "consensus 0.533), measured with unshrunk prototypes (tau=0): meta_epochs 3/10 -> "
                                 "0.522/0.522, a tie, both below consensus at K=5 (0.495-0.508: too few support "
-                                "items per class for prototypes; what tau fixes)", ge=0)
+                                "items per class for prototypes; what tau fixes). Not re-measured with tau=10", ge=0)
     steps_per_epoch: int = _doc(40, "outer steps per epoch", ge=1)
     meta_batch: int = _doc(8, "listener episodes per step, as maml", ge=1)
     support: int = _doc(10, "support items per training episode: prototypes need both positives and "
