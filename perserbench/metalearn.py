@@ -467,9 +467,11 @@ def predict_states(form: Form, meta: Params, states: Params, x: torch.Tensor) ->
 
 
 def guarded_states(form: Form, meta: Params, lrs: Params, xs: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor,
-                   pos_weight: torch.Tensor, steps: int, chunk: int = 256, pull: float = 0.0) -> Params:
+                   pos_weight: torch.Tensor, steps: int, chunk: int = 256, pull: float = 0.0,
+                   guard_z: float = 0.0) -> Params:
     """:func:`adapt_states`, each listener kept at the init (0 steps) unless the leave-one-out
-    check on its own support (:mod:`perserbench.no_harm`) says the adaptation helps."""
+    check on its own support (:mod:`perserbench.no_harm`) says the adaptation helps (by more
+    than ``guard_z`` standard errors)."""
     adapted = adapt_states(form, meta, lrs, xs, ys, ms, pos_weight, steps, chunk, pull)
     unadapted = adapt_states(form, meta, lrs, xs, ys, ms, pos_weight, 0, chunk)
 
@@ -477,20 +479,22 @@ def guarded_states(form: Form, meta: Params, lrs: Params, xs: torch.Tensor, ys: 
         return predict_states(form, meta, adapt_states(form, meta, lrs, x, y, m, pos_weight, steps, chunk, pull), xq)
 
     evidence = loo_evidence(fit_predict, predict_states(form, meta, unadapted, xs), xs, ys, ms, pos_weight, chunk)
-    return select_states(evidence.keep(), adapted, unadapted)
+    return select_states(evidence.keep(guard_z), adapted, unadapted)
 
 
 def adapt_many(form: Form, meta: Params, lrs: Params, supports: Sequence[LabelledItems],
                pos_weight: torch.Tensor, steps: int, chunk: int = 256, pull: float = 0.0,
-               guard: bool = False) -> list[AdaptedPredictor]:
+               guard: bool = False, guard_z: float = 0.0) -> list[AdaptedPredictor]:
     """Adapt to every support set in one batched computation; one predictor per support.
     ``pull``: L2 pull toward the init (:func:`inner_loop`); ``guard``: the leave-one-out
-    do-no-harm gate (:func:`guarded_states`)."""
+    do-no-harm gate (:func:`guarded_states`) with its evidence threshold ``guard_z``."""
     if not supports:
         return []
     xs, ys, ms = pad_supports(supports)
-    adapt = guarded_states if guard else adapt_states
-    states = adapt(form, meta, lrs, xs, ys, ms, pos_weight, steps, chunk, pull)
+    if guard:
+        states = guarded_states(form, meta, lrs, xs, ys, ms, pos_weight, steps, chunk, pull, guard_z)
+    else:
+        states = adapt_states(form, meta, lrs, xs, ys, ms, pos_weight, steps, chunk, pull)
     frozen = {k: v.detach() for k, v in meta.items()}
     return [AdaptedPredictor(form, frozen, {k: v[i] for k, v in states.items()}) for i in range(len(supports))]
 

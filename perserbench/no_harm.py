@@ -45,15 +45,19 @@ class LooEvidence:
     adapted_loss: torch.Tensor
     unadapted_loss: torch.Tensor
     held_out: torch.Tensor
+    gain_se: torch.Tensor  # standard error of the mean per-item gain (0 where fewer than 2 items)
 
     @property
     def gain(self) -> torch.Tensor:
         """How much adapting lowered the held-out loss (positive = adaptation helped)."""
         return self.unadapted_loss - self.adapted_loss
 
-    def keep(self) -> torch.Tensor:
-        """Adapt only where at least two items could be left out and adapting helped on them."""
-        return (self.held_out >= 2) & (self.gain > 0)
+    def keep(self, z: float = 0.0) -> torch.Tensor:
+        """Adapt only where at least two items could be left out and adapting helped on them by
+        more than ``z`` standard errors of the per-item gain (``z = 0``: helped at all). A
+        positive ``z`` is a one-sided test: with K−1 held-out items a noisy support passes
+        ``gain > 0`` about half the time even when adaptation cannot help."""
+        return (self.held_out >= 2) & (self.gain > z * self.gain_se)
 
 
 def item_loss(logits: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
@@ -95,9 +99,15 @@ def loo_evidence(fit_predict: FitPredict, unadapted_logits: torch.Tensor, xs: to
         weight = ms.float()
         held = weight.sum(-1)
         denom = held.clamp(min=1.0)
-        adapted_loss = (item_loss(adapted_logits, ys, pos_weight) * weight).sum(-1) / denom
-        unadapted_loss = (item_loss(unadapted_logits, ys, pos_weight) * weight).sum(-1) / denom
-    return LooEvidence(adapted_loss, unadapted_loss, held)
+        adapted_items = item_loss(adapted_logits, ys, pos_weight)
+        unadapted_items = item_loss(unadapted_logits, ys, pos_weight)
+        adapted_loss = (adapted_items * weight).sum(-1) / denom
+        unadapted_loss = (unadapted_items * weight).sum(-1) / denom
+        gains = unadapted_items - adapted_items
+        mean_gain = (unadapted_loss - adapted_loss).unsqueeze(-1)
+        variance = (((gains - mean_gain) ** 2) * weight).sum(-1) / (held - 1).clamp(min=1.0)
+        gain_se = torch.where(held >= 2, (variance / denom).sqrt(), torch.zeros_like(held))
+    return LooEvidence(adapted_loss, unadapted_loss, held, gain_se)
 
 
 def choose(keep: torch.Tensor, adapted: Sequence[T], unadapted: Sequence[T]) -> list[T]:

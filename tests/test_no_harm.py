@@ -104,3 +104,36 @@ def test_the_gate_keeps_adaptation_only_where_held_out_items_are_predicted_bette
     assert evidence.held_out.tolist() == [4.0, 4.0, 1.0]
     again = loo_evidence(fit_predict, unadapted, xs, ys, ms, torch.ones(1), chunk=1)
     assert torch.equal(again.gain, evidence.gain)
+
+
+def test_a_positive_threshold_demands_evidence_beyond_noise():
+    """``keep(z)``: the mean leave-one-out gain must exceed z standard errors of the per-item
+    gains. A listener whose gain is large on one held-out item and negative on the others has a
+    positive mean (kept at z=0) but no consistent evidence (dropped at z=1); a listener whose
+    every item gains is kept at both. The standard error is the sample SD over sqrt(n)."""
+    import numpy as np
+    import torch
+
+    from perserbench.no_harm import item_loss, loo_evidence
+
+    ys = torch.tensor([[[1.0], [1.0], [1.0], [1.0]], [[1.0], [0.0], [0.0], [0.0]]])
+    ms = torch.ones(2, 4)
+    xs = torch.zeros(2, 4, 1, 2)
+    unadapted = torch.zeros(2, 4, 1)  # p = 0.5 everywhere
+
+    def fit_predict(xs_, ys_, ms_, xq):  # listener 0: every item +2; listener 1: item 0 +6, others -0.4
+        rows = xs_.shape[0] // 4
+        out = torch.empty(rows * 4, 1, 1)
+        for row in range(rows * 4):
+            listener, item = divmod(row, 4)
+            out[row] = 2.0 if listener == 0 else (6.0 if item == 0 else 0.4)
+        return out
+
+    evidence = loo_evidence(fit_predict, unadapted, xs, ys, ms, torch.ones(1))
+    gains = (item_loss(unadapted, ys, torch.ones(1)) - item_loss(fit_predict(torch.zeros(8), None, None, None)
+                                                                  .view(2, 4, 1), ys, torch.ones(1))).numpy()
+    want_se = gains.std(axis=1, ddof=1) / np.sqrt(4)
+    np.testing.assert_allclose(evidence.gain_se.numpy(), want_se, rtol=1e-5)
+    assert (evidence.gain > 0).tolist() == [True, True]
+    assert evidence.keep(0.0).tolist() == [True, True]
+    assert evidence.keep(1.0).tolist() == [True, False]

@@ -57,6 +57,9 @@ class FinetuneConfig:
                              "synthetic-dev (mean macro-F1 over 8 cells; consensus 0.533), 10 steps: "
                              "ungated/gated 0.546/0.547; gated, K=1 is consensus again (seen/unseen "
                              "0.526/0.540 vs ungated 0.522/0.526); at 20 steps gated 0.554 vs ungated 0.552")
+    guard_z: float = _doc(0.0, "the gate's evidence threshold: adapt only where the mean leave-one-out gain "
+                               "exceeds guard_z standard errors of the per-item gains (0 = any gain). Not tuned "
+                               "yet", ge=0)
 
 
 @register_method("finetune")
@@ -82,4 +85,4 @@ class Finetune(Method):
     def adapt_many(self, supports: list[LabelledItems]) -> list[Predictor]:
         c = self.config
         return list(adapt_many(self.form_, self.meta_, self.lrs_, supports, self.pos_weight_, c.steps, c.chunk,
-                               pull=c.pull, guard=c.guard))
+                               pull=c.pull, guard=c.guard, guard_z=c.guard_z))
