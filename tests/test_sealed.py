@@ -18,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
-from conftest import TOY_TASK, load_toy
+from conftest import TOY_TASK, load_toy, synthetic_task_toml
 
 from perserbench.data import Annotations, Corpus, register_corpus
 from perserbench.episodes import Items, LabelledItems, MetaTrainSet, episode_items, sample_episodes
@@ -249,6 +249,25 @@ def test_pooling_the_supports_of_one_call_fails_the_audit(toy, cli, toy_task_fil
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "independence audit" in lines[0], err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_other_listener_control_is_sealed_like_the_own_run(toy, tmp_path):
+    """The control hands a unit other test listeners' supports: the same routes stay closed. A
+    memory across calls scores exactly its honest fallback, episode by episode. Pooling the
+    supports of one call fails the audit: on a synthetic task a partner's support often labels
+    the audio of another listener's query in the same unit (about 29% of control episodes on
+    `synthetic`), so the pool would leak those labels."""
+    FOLD_MEMORY.clear()
+    RemembersAcrossCalls.memory.clear()
+    honest = run(HonestPrior, toy, [1, 5], control="other-listener")
+    remembered = run(RemembersAcrossCalls, toy, [1, 5], control="other-listener")
+    assert _scores(remembered) == _scores(honest) and remembered.audit["passed"]
+    assert not RemembersAcrossCalls.memory  # nothing came back to this process
+    path = tmp_path / "synthetic-control.toml"
+    path.write_text(synthetic_task_toml(name="synthetic-control", scenarios=("seen", "unseen"), shots=(5, 20),
+                                        episodes=3))
+    with pytest.raises(AuditError, match="method 'PoolsOneCall' failed the independence audit"):
+        run(PoolsOneCall, load_task(path), [5, 20], control="other-listener")
 
 
 def test_a_plugin_cannot_declare_itself_a_reference(toy):
