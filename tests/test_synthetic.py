@@ -190,6 +190,25 @@ def test_loader_options_from_the_command_line_are_parsed():
         load_corpus("synthetic", generator="nope")
     with pytest.raises(PerserbenchError, match="option 'workload' must be one of even, zipf, got 'heavy'"):
         load_corpus("synthetic", workload="heavy")
+    with pytest.raises(PerserbenchError, match="option 'utterances' must be a positive multiple of 10"):
+        load_corpus("synthetic", utterances="2405")
+    with pytest.raises(PerserbenchError, match="option 'listeners' must be an integer >= 5, got 2"):
+        load_corpus("synthetic", listeners="2")
+
+
+def test_size_options_scale_listeners_and_utterances_and_leave_the_default_alone():
+    """A larger corpus (for the uniform controls' power) has the asked-for size and raters per
+    utterance; the default options are the default corpus, value for value."""
+    big = generate(0, True, "confusion", "even", 40, 4000)
+    names, counts = np.unique(big.annotations.listener, return_counts=True)
+    assert len(big.utterances) == 4000 and len(names) == 40 and names[0] == "E01" and names[-1] == "E40"
+    assert 3.3 < len(big.annotations.utterance) / 4000 < 3.7
+    assert counts.min() > 0.5 * counts.mean()
+    default = generate(0, listeners=16, utterances=2400)
+    assert np.array_equal(default.annotations.labels, generate(0).annotations.labels)
+    assert np.array_equal(default.features["synthetic"], generate(0).features["synthetic"])
+    wide = generate(0, listeners=120, utterances=200)
+    assert wide.annotations.listener[0].startswith("E") and len(wide.annotations.listener[0]) == 4
 
 
 def test_bundled_synthetic_tasks_cover_every_generator_with_a_control_and_a_dev_corpus():

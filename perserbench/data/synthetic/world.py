@@ -31,7 +31,8 @@ NEUTRAL, HAPPY, SAD, ANGRY, FRUSTRATED, EXCITED = range(len(LABELS))
 # IEMOCAP-like prior of intended emotions (frustration and neutral dominate, happy is rare).
 CLASS_PRIOR = np.array([0.24, 0.08, 0.14, 0.13, 0.24, 0.17])
 SESSIONS = 5
-UTTERANCES_PER_SPEAKER = 240  # 5 sessions × 2 speakers × 240 = 2400 utterances
+SPEAKERS = 2 * SESSIONS  # one F and one M speaker per session
+UTTERANCES = 2400  # the default size: 240 per speaker
 LAYERS, DIM, HIDDEN, NUISANCE = 3, 768, 48, 8
 LAYER_NOISE = (0.6, 0.3, 0.45)  # the middle layer is the cleanest
 SPEAKER_OFFSET = 0.3
@@ -59,16 +60,18 @@ class World:
     features: np.ndarray  # float32 [N, LAYERS, DIM]: what methods read
 
 
-def draw_world(rng: np.random.Generator) -> World:
+def draw_world(rng: np.random.Generator, n_utterances: int = UTTERANCES) -> World:
     """Utterances, latent states and features, drawn first from the corpus's stream (the
-    order of draws is part of the corpus: changing it changes every seed's corpus)."""
+    order of draws is part of the corpus: changing it changes every seed's corpus).
+    ``n_utterances`` (a multiple of :data:`SPEAKERS`) is split evenly over the speakers."""
+    per_speaker = n_utterances // SPEAKERS
     protos = prototypes()
     c = len(LABELS)
 
     utterances, speaker_index = [], []
     speakers = [f"Ses{s:02d}_{g}" for s in range(1, SESSIONS + 1) for g in "FM"]
     for k, spk in enumerate(speakers):
-        for i in range(UTTERANCES_PER_SPEAKER):
+        for i in range(per_speaker):
             duration = float(np.round(rng.gamma(4.0, 1.1) + 0.8, 2))
             utterances.append(Utterance(f"{spk}_{i:04d}", spk, spk[:5], None, duration))
             speaker_index.append(k)
