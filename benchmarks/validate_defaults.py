@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[],
                         help="one extra row per key=value[,key=value], on top of --set (repeatable): an ablation "
                              "is one --variant per component switched off")
+    parser.add_argument("--no-defaults", action="store_true",
+                        help="skip the method's default row (already measured): only consensus and the variants")
     parser.add_argument("--seed", action="append", type=int, default=None, help="method seed(s) (repeatable)")
     args = parser.parse_args()
 
@@ -53,7 +55,8 @@ def main() -> None:
     keys = [g.split("=", 1)[0] for g in args.grid]
     values = [g.split("=", 1)[1].split(",") for g in args.grid]
     rows = [("consensus", {})] + [(args.method, {**fixed, **dict(zip(keys, combo))})
-                                  for combo in itertools.product(*values)]
+                                  for combo in itertools.product(*values)
+                                  if not (args.no_defaults and not combo and not fixed)]
     rows += [(args.method, {**fixed, **dict(kv.split("=", 1) for kv in variant.split(","))})
              for variant in args.variant]
     seeds = args.seed or [0]

@@ -466,6 +466,18 @@ def predict_states(form: Form, meta: Params, states: Params, x: torch.Tensor) ->
         return vmap(lambda state, xi: form.predict_logits(frozen, state, xi))(states, x)
 
 
+def guard_keep(form: Form, meta: Params, lrs: Params, xs: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor,
+               pos_weight: torch.Tensor, steps: int, reference_logits: torch.Tensor, chunk: int = 256,
+               pull: float = 0.0, guard_z: float = 0.0) -> torch.Tensor:
+    """Which listeners keep their adaptation [N]: the leave-one-out check on each support
+    (:mod:`perserbench.no_harm`) against the model a rejected listener falls back to, whose
+    logits on the support items are ``reference_logits`` [N, K, C]."""
+    def fit_predict(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor, xq: torch.Tensor) -> torch.Tensor:
+        return predict_states(form, meta, adapt_states(form, meta, lrs, x, y, m, pos_weight, steps, chunk, pull), xq)
+
+    return loo_evidence(fit_predict, reference_logits, xs, ys, ms, pos_weight, chunk).keep(guard_z)
+
+
 def guarded_states(form: Form, meta: Params, lrs: Params, xs: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor,
                    pos_weight: torch.Tensor, steps: int, chunk: int = 256, pull: float = 0.0,
                    guard_z: float = 0.0) -> Params:
@@ -474,28 +486,46 @@ def guarded_states(form: Form, meta: Params, lrs: Params, xs: torch.Tensor, ys: 
     than ``guard_z`` standard errors)."""
     adapted = adapt_states(form, meta, lrs, xs, ys, ms, pos_weight, steps, chunk, pull)
     unadapted = adapt_states(form, meta, lrs, xs, ys, ms, pos_weight, 0, chunk)
+    keep = guard_keep(form, meta, lrs, xs, ys, ms, pos_weight, steps, predict_states(form, meta, unadapted, xs),
+                      chunk, pull, guard_z)
+    return select_states(keep, adapted, unadapted)
 
-    def fit_predict(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor, xq: torch.Tensor) -> torch.Tensor:
-        return predict_states(form, meta, adapt_states(form, meta, lrs, x, y, m, pos_weight, steps, chunk, pull), xq)
 
-    evidence = loo_evidence(fit_predict, predict_states(form, meta, unadapted, xs), xs, ys, ms, pos_weight, chunk)
-    return select_states(evidence.keep(guard_z), adapted, unadapted)
+class FallbackPredictor:
+    """A listener the gate kept off adaptation: the fallback model's probabilities."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def predict_proba(self, items: Items) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.sigmoid(self.model(items.x))
 
 
 def adapt_many(form: Form, meta: Params, lrs: Params, supports: Sequence[LabelledItems],
                pos_weight: torch.Tensor, steps: int, chunk: int = 256, pull: float = 0.0,
-               guard: bool = False, guard_z: float = 0.0) -> list[AdaptedPredictor]:
+               guard: bool = False, guard_z: float = 0.0,
+               fallback: torch.nn.Module | None = None) -> list[AdaptedPredictor | FallbackPredictor]:
     """Adapt to every support set in one batched computation; one predictor per support.
     ``pull``: L2 pull toward the init (:func:`inner_loop`); ``guard``: the leave-one-out
-    do-no-harm gate (:func:`guarded_states`) with its evidence threshold ``guard_z``."""
+    do-no-harm gate (:func:`guarded_states`) with its evidence threshold ``guard_z``. With a
+    ``fallback`` model (e.g. the consensus model), a listener the gate rejects gets that model
+    instead of the unadapted init, and the gate compares the adaptation with it."""
     if not supports:
         return []
     xs, ys, ms = pad_supports(supports)
+    frozen = {k: v.detach() for k, v in meta.items()}
+    if guard and fallback is not None:
+        states = adapt_states(form, meta, lrs, xs, ys, ms, pos_weight, steps, chunk, pull)
+        with torch.no_grad():
+            reference = fallback(xs)
+        keep = guard_keep(form, meta, lrs, xs, ys, ms, pos_weight, steps, reference, chunk, pull, guard_z)
+        return [AdaptedPredictor(form, frozen, {k: v[i] for k, v in states.items()}) if kept
+                else FallbackPredictor(fallback) for i, kept in enumerate(keep.tolist())]
     if guard:
         states = guarded_states(form, meta, lrs, xs, ys, ms, pos_weight, steps, chunk, pull, guard_z)
     else:
         states = adapt_states(form, meta, lrs, xs, ys, ms, pos_weight, steps, chunk, pull)
-    frozen = {k: v.detach() for k, v in meta.items()}
     return [AdaptedPredictor(form, frozen, {k: v[i] for k, v in states.items()}) for i in range(len(supports))]
 
 
@@ -587,8 +617,10 @@ class MetaLearner:
         load_meta_parameters(self.head, self.meta)
         return self.history
 
-    def adapt_many(self, supports: Sequence[LabelledItems]) -> list[AdaptedPredictor]:
+    def adapt_many(self, supports: Sequence[LabelledItems],
+                   fallback: torch.nn.Module | None = None) -> list[AdaptedPredictor | FallbackPredictor]:
         steps = getattr(self.settings, "adapt_steps", -1)
         steps = self.settings.inner_steps if steps < 0 else steps
         return adapt_many(self.form, self.meta, self.lrs, supports, self.pos_weight, steps, self.settings.chunk,
-                          guard=getattr(self.settings, "guard", False))
+                          guard=getattr(self.settings, "guard", False), guard_z=getattr(self.settings, "guard_z", 0.0),
+                          fallback=fallback)

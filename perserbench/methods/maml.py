@@ -11,6 +11,7 @@ ablation of it) is the same code with other values: ``-c combined=false`` etc.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,7 @@ from perserbench.methods.consensus import ConsensusConfig, train_consensus
 from perserbench.registry import register_method
 
 INITS = ("random", "consensus")
+FALLBACKS = ("init", "consensus")
 
 
 @dataclass
@@ -70,6 +72,13 @@ class MamlConfig:
                              "synthetic-dev (mean macro-F1 over 8 cells; consensus 0.533): maml ungated/gated "
                              "0.545/0.547, meta-perser 0.543/0.544; gated, K=1 keeps the unadapted init "
                              "(meta-perser K=1 seen/unseen 0.514/0.522 -> 0.523/0.533)")
+    guard_z: float = _doc(0.0, "the gate's evidence threshold (as finetune's): adapt only where the mean "
+                               "leave-one-out gain exceeds guard_z standard errors of the per-item gains "
+                               "(0 = any gain)", ge=0)
+    fallback: str = _doc("init", "what a listener the gate rejects (and every K=1 listener: nothing can be left "
+                                 "out) keeps: 'init' = the meta-learned initialisation, 'consensus' = the "
+                                 "fold's consensus model (the gate then compares the adaptation with it)",
+                         choices=FALLBACKS)
 
 
 class MamlFamily(Method):
@@ -81,6 +90,9 @@ class MamlFamily(Method):
         c = self.config
         if c.init not in INITS:
             raise PerserbenchError(f"method {self.name!r}: config init={c.init!r}; choose one of {', '.join(INITS)}")
+        if c.fallback not in FALLBACKS:
+            raise PerserbenchError(f"method {self.name!r}: config fallback={c.fallback!r}; choose one of "
+                                   f"{', '.join(FALLBACKS)}")
         for key in ("pretrain_epochs", "meta_epochs", "steps_per_epoch", "meta_batch", "support", "query", "inner_steps"):
             if getattr(c, key) < (0 if key in ("pretrain_epochs", "meta_epochs", "inner_steps") else 1):
                 raise PerserbenchError(f"method {self.name!r}: config {key}={getattr(c, key)} is out of range")
@@ -98,14 +110,20 @@ class MamlFamily(Method):
 
     def meta_fit(self, train: MetaTrainSet) -> None:
         self._check()
-        self.learner_ = MetaLearner(self.initial_head(train), positive_weights(train.y), self.config, self.seed)
+        c = self.config
+        head = self.initial_head(train)
+        self.fallback_: EmotionHead | None = None
+        if c.guard and c.fallback == "consensus":  # the init is the consensus model, or one is trained for it
+            self.fallback_ = copy.deepcopy(head).eval() if c.init == "consensus" and c.pretrain_epochs == ConsensusConfig().epochs else (
+                train_consensus(train, ConsensusConfig(hidden=c.hidden, layer_weights=c.layer_weights), self.seed))
+        self.learner_ = MetaLearner(head, positive_weights(train.y), c, self.seed)
         self.learner_.fit(train)
 
     def adapt(self, support: LabelledItems) -> Predictor:
         return self.adapt_many([support])[0]
 
     def adapt_many(self, supports: list[LabelledItems]) -> list[Predictor]:
-        return list(self.learner_.adapt_many(supports))
+        return list(self.learner_.adapt_many(supports, self.fallback_))
 
 
 @register_method("maml")

@@ -72,6 +72,9 @@ class ProtonetConfig:
                               "synthetic-dev with tau=10: 0.538 gated vs 0.539 ungated (no cell below consensus "
                               "either way), so off; K-1 leave-one-out adaptations cost 3x (K=5) to 24x (K=20) "
                               "the ungated adaptation")
+    guard_z: float = _doc(0.0, "the gate's evidence threshold (as finetune's): keep the prototypes only where "
+                               "the mean leave-one-out gain exceeds guard_z standard errors of the per-item "
+                               "gains (0 = any gain)", ge=0)
 
 
 def embed(meta: Params, buffers: Params, x: torch.Tensor) -> torch.Tensor:
@@ -213,5 +216,5 @@ class Protonet(Method):
             return adapted
         with torch.no_grad():
             unadapted_logits = self.consensus_(xs)
-        keep = loo_evidence(self._fit_predict, unadapted_logits, xs, ys, ms, self.pos_weight_).keep()
+        keep = loo_evidence(self._fit_predict, unadapted_logits, xs, ys, ms, self.pos_weight_).keep(self.config.guard_z)
         return choose(keep, adapted, [FixedProbabilities(self.consensus_)] * len(supports))
