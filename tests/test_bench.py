@@ -46,7 +46,7 @@ def test_bench_command_reports_every_implementation_and_ratio(tmp_path):
             assert (w, impl) in cells
     # higher and torchopt are test dependencies: their columns must be there (second order
     # and adaptation, where the issue sets the targets); learn2learn is a column or says why not.
-    for impl in ("higher", "torchopt"):
+    for impl in ("higher", "torchopt", "torchopt (functional)"):
         assert {w for w, i in cells if i == impl} == {"meta-train, second order", adapt}
     has_l2l = any(i == "learn2learn" for _, i in cells)
     assert has_l2l != ("learn2learn" in payload["skipped"])
