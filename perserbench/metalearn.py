@@ -193,11 +193,12 @@ class DualForm:
         self.head = head.eval()
         self.buffers = head_buffers(head)
 
-    def _pool(self, meta: Params, x: torch.Tensor) -> torch.Tensor:
-        return pool_features(x, self.buffers["mean"], self.buffers["std"], meta["layer_logits"])
+    def _pool(self, meta: Params, x: torch.Tensor, lean: bool = False) -> torch.Tensor:
+        return pool_features(x, self.buffers["mean"], self.buffers["std"], meta["layer_logits"], lean)
 
-    def start(self, meta: Params, xs: torch.Tensor, first_order: bool) -> tuple[Params, Params]:
-        zs = self._pool(meta, xs)
+    def start(self, meta: Params, xs: torch.Tensor, first_order: bool,
+              lean: bool = False) -> tuple[Params, Params]:
+        zs = self._pool(meta, xs, lean)
         zc = zs.detach() if first_order else zs
         h0 = F.linear(zs, meta["hidden.weight"])
         ctx = {"zc": zc, "h0": h0, "gram": zs @ zc.transpose(-1, -2)}
@@ -227,8 +228,8 @@ class DualForm:
         out.update({k: local[k] - lrs[k] * _pulled(grads[k], local[k], meta[k], pull) for k in INNER_PARAMS[1:]})
         return out
 
-    def prepare(self, meta: Params, ctx: Params, x: torch.Tensor) -> Params:
-        z = self._pool(meta, x)
+    def prepare(self, meta: Params, ctx: Params, x: torch.Tensor, lean: bool = False) -> Params:
+        z = self._pool(meta, x, lean)
         return {"h0": F.linear(z, meta["hidden.weight"]), "gram": z @ ctx["zc"].transpose(-1, -2)}
 
     def logits(self, meta: Params, ctx: Params, local: Params, prep: Params) -> torch.Tensor:
@@ -349,8 +350,9 @@ def dual_meta_loss(form: DualForm, meta: Params, lrs: Params, batch: EpisodeBatc
     while each listener's inner gradient is taken through a batched zero offset added after
     them (the dual form's ``E`` trick, exact: ``x + 0 == x``). Expanding the init to one copy
     per listener instead would reduce the outer gradient per listener and then over listeners,
-    a different summation order (differences ~1e-7 relative)."""
-    ctx, local = form.start(meta, batch.xs, first_order)
+    a different summation order (differences ~1e-7 relative). The pooling's backward is
+    :func:`~perserbench.head.pool_features`' ``lean_backward`` (same floats, fewer ops)."""
+    ctx, local = form.start(meta, batch.xs, first_order, lean=True)
     n = len(batch.xs)
     trajectory = [local]
     for t in range(steps):
@@ -372,7 +374,7 @@ def dual_meta_loss(form: DualForm, meta: Params, lrs: Params, batch: EpisodeBatc
                          strict=True))
         local = form.update(local, grads, {k: lr[t] for k, lr in lrs.items()}, meta, 0.0)
         trajectory.append(local)
-    prep = form.prepare(meta, ctx, batch.xq)
+    prep = form.prepare(meta, ctx, batch.xq, lean=True)
 
     def query_loss(state: Params) -> torch.Tensor:
         return masked_bce(_dual_head(prep["h0"], prep["gram"], state["A"], state), batch.yq, batch.mq, pos_weight,

@@ -21,6 +21,7 @@ from perserbench.bench import (
     reference_predict,
 )
 from perserbench.episodes import MetaTrainSet
+from perserbench.head import pool_features
 from perserbench.metalearn import (
     INNER_PARAMS,
     EpisodeSampler,
@@ -97,6 +98,20 @@ def test_dual_meta_loss_is_the_vmapped_loop_bit_for_bit(problem, steps, first_or
     assert any(g is not None and g.abs().max() > 1e-4 for g in grads_v)
     for name, a, b in zip([*meta, *(f"lr:{k}" for k in lrs)], grads_v, grads_d):
         assert (a is None and b is None) or torch.equal(a, b), name
+
+
+def test_lean_pooling_backward_is_autograds_bit_for_bit():
+    """pool_features' hand-written backward (used by dual_meta_loss) gives autograd's floats."""
+    gen = torch.Generator().manual_seed(5)
+    x, mean = torch.randn(3, 4, 5, 16, generator=gen), torch.randn(5, 16, generator=gen)
+    std, weight = torch.rand(5, 16, generator=gen) + 0.5, torch.randn(3, 4, 16, generator=gen)
+    out = []
+    for lean in (False, True):
+        logits = torch.randn(5, generator=torch.Generator().manual_seed(6)).requires_grad_()
+        pooled = pool_features(x, mean, std, logits, lean_backward=lean)
+        out.append((pooled, torch.autograd.grad((pooled * weight).sum() + pooled.pow(2).sum(), logits)[0]))
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+    assert out[0][1].abs().max() > 1e-3
 
 
 def test_first_and_second_order_meta_gradients_differ(problem):
