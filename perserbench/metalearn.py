@@ -5,7 +5,10 @@ with the same inner loop, written once here (:func:`inner_loop`): parameters are
 tensors, inner gradients come from :func:`torch.func.grad`, and listeners are processed
 together with :func:`torch.func.vmap` — a meta-batch of meta-train listeners during
 meta-training (:func:`meta_loss`) and all test listeners of a (scenario, K) cell at evaluation
-(:func:`adapt_many`). Outer gradients are ordinary autograd through the vmapped inner loops,
+(:func:`adapt_many`). The dual form, which the methods run, does the same arithmetic without
+``vmap``, with plain autograd on batched tensors (:func:`dual_meta_loss`, bit for bit
+:func:`vmap_meta_loss`; :func:`_adapt_dual_batched`), because the transforms' per-op cost
+dominates on the inner loop's tiny tensors. Outer gradients are ordinary autograd through the vmapped inner loops,
 so second-order MAML is the default and first order is a flag (``first_order``).
 
 Two interchangeable *forms* of the adapted head share that loop:
