@@ -5,7 +5,12 @@ The reference is the textbook per-listener MAML loop: materialised parameters,
 vmap. It computes the same mathematics as :mod:`perserbench.metalearn` and serves two
 purposes: ``tests/test_metalearn.py`` checks the batched core's losses, meta-gradients and
 adapted predictions against it, and the benchmark reports the batched core's speed as a ratio
-to it, measured in the same process on the same data. The libraries people use for this
+to it, measured in the same process on the same data. The core's column is ``batched (dual)``:
+exactly the functions the methods call (:func:`~perserbench.metalearn.meta_loss`, which for
+the dual form is :func:`~perserbench.metalearn.dual_meta_loss`, and
+:func:`~perserbench.metalearn.adapt_states`); ``vmap (dual)`` is the same meta-loss through
+``vmap`` (:func:`~perserbench.metalearn.vmap_meta_loss`, the same floats), to show what the
+batched form buys. The libraries people use for this
 (higher, torchopt, learn2learn: :mod:`perserbench.benchlibs`) are further columns on the
 same mathematics when they are installed.
 """
@@ -34,6 +39,7 @@ from perserbench.metalearn import (
     make_form,
     meta_loss,
     meta_parameters,
+    vmap_meta_loss,
 )
 
 # --------------------------------------------------------------------------- the reference loop
@@ -232,8 +238,10 @@ def run_bench(s: BenchSettings, progress: Callable[[str], None] | None = None) -
                                                                      fo, weights),
             "vmap (functional_call)": lambda m, r, fo=first_order: meta_loss(make_form(head, False), m, r, batch,
                                                                              pos_weight, s.inner_steps, fo, weights),
-            "vmap (dual)": lambda m, r, fo=first_order: meta_loss(make_form(head, True), m, r, batch, pos_weight,
-                                                                  s.inner_steps, fo, weights),
+            "vmap (dual)": lambda m, r, fo=first_order: vmap_meta_loss(make_form(head, True), m, r, batch,
+                                                                       pos_weight, s.inner_steps, fo, weights),
+            "batched (dual)": lambda m, r, fo=first_order: meta_loss(make_form(head, True), m, r, batch, pos_weight,
+                                                                     s.inner_steps, fo, weights),
         }
         for name, loss_fn in impls.items():
             say(f"{workload}: {name}")
@@ -262,7 +270,8 @@ def run_bench(s: BenchSettings, progress: Callable[[str], None] | None = None) -
         "loop": lambda: reference_adapt(head, meta, lrs, xs, ys, ms, pos_weight, s.inner_steps),
         "vmap (functional_call)": lambda: adapt_states(make_form(head, False), meta, lrs, xs, ys, ms, pos_weight,
                                                        s.inner_steps),
-        "vmap (dual)": lambda: adapt_states(make_form(head, True), meta, lrs, xs, ys, ms, pos_weight, s.inner_steps),
+        "batched (dual)": lambda: adapt_states(make_form(head, True), meta, lrs, xs, ys, ms, pos_weight,
+                                               s.inner_steps),
     }
     for lib in libraries:
         model = copy.deepcopy(head)

@@ -10,8 +10,11 @@ adapted parameters against the reference loop, so a column that drifts from that
 fails a test instead of timing something else.
 
 Each column is written the way the library's own MAML examples are: one listener after
-another, the outer loss backpropagated per listener (higher's and torchopt's Omniglot
-examples, learn2learn's ``MAML.clone``/``adapt`` loop). The libraries are optional (the
+another, the outer loss backpropagated per listener (higher's ``examples/maml-omniglot.py``,
+torchopt's ``examples/few-shot/maml_omniglot.py`` with its object-oriented ``MetaSGD``,
+learn2learn's ``MAML.clone``/``adapt`` loop), and torchopt's functional API as its
+``examples/FuncTorch/maml_omniglot_vmap.py`` runs it, the tasks of a meta-batch vmapped
+together (column ``torchopt (functional)``). The libraries are optional (the
 ``bench`` extra; learn2learn needs a source build on Python 3.11, see
 ``benchmarks/install_learn2learn.sh``): a missing one is a skipped column, with the reason.
 """
@@ -111,6 +114,63 @@ def torchopt_adapt(head: EmotionHead, xs: torch.Tensor, ys: torch.Tensor, pos_we
     return out
 
 
+def torchopt_functional_meta_backward(head: EmotionHead, batch: EpisodeBatch, pos_weight: torch.Tensor, steps: int,
+                                      lr: float) -> None:
+    """torchopt's functional API as in its ``examples/FuncTorch/maml_omniglot_vmap.py``: the
+    functional ``torchopt.sgd`` with ``apply_updates(inplace=False)``, the inner gradient by
+    ``torch.func.grad`` and the meta-batch's tasks run together by ``vmap`` (the example uses
+    ``functorch.make_functional_with_buffers``, whose current spelling is
+    ``torch.func.functional_call``). The layer weighting is meta-learned, not adapted."""
+    import torchopt
+    from torch.func import functional_call, grad, vmap
+
+    params = dict(head.named_parameters())
+    buffers = dict(head.named_buffers())
+    fixed = {k: v for k, v in params.items() if k not in INNER_PARAMS}
+
+    def loss(inner: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return balanced_bce(functional_call(head, {**buffers, **fixed, **inner}, (x,)), y, pos_weight)
+
+    def task_loss(xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor) -> torch.Tensor:
+        opt = torchopt.sgd(lr=lr)
+        inner = {k: params[k] for k in INNER_PARAMS}
+        state = opt.init(inner)
+        for _ in range(steps):
+            updates, state = opt.update(grad(loss)(inner, xs, ys), state, inplace=False)
+            inner = torchopt.apply_updates(inner, updates, inplace=False)
+        return loss(inner, xq, yq)
+
+    vmap(task_loss)(batch.xs, batch.ys, batch.xq, batch.yq).mean().backward()
+
+
+def torchopt_functional_adapt(head: EmotionHead, xs: torch.Tensor, ys: torch.Tensor, pos_weight: torch.Tensor,
+                              steps: int, lr: float) -> list[Params]:
+    """The functional inner loop of :func:`torchopt_functional_meta_backward`, vmapped over the
+    test listeners, without a meta-gradient."""
+    import torchopt
+    from torch.func import functional_call, grad, vmap
+
+    params = {k: v.detach() for k, v in head.named_parameters()}
+    buffers = dict(head.named_buffers())
+    fixed = {k: v for k, v in params.items() if k not in INNER_PARAMS}
+
+    def loss(inner: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return balanced_bce(functional_call(head, {**buffers, **fixed, **inner}, (x,)), y, pos_weight)
+
+    def adapt_one(x: torch.Tensor, y: torch.Tensor) -> Params:
+        opt = torchopt.sgd(lr=lr)
+        inner = {k: params[k] for k in INNER_PARAMS}
+        state = opt.init(inner)
+        for _ in range(steps):
+            updates, state = opt.update(grad(loss)(inner, x, y), state, inplace=False)
+            inner = torchopt.apply_updates(inner, updates, inplace=False)
+        return inner
+
+    with torch.no_grad():
+        adapted = vmap(adapt_one)(xs, ys)
+    return [{k: adapted[k][i] for k in INNER_PARAMS} for i in range(len(xs))]
+
+
 # ----------------------------------------------------------------------------- learn2learn
 
 
@@ -176,6 +236,8 @@ class Library:
 LIBRARIES = (
     Library("higher", "higher", higher_meta_backward, higher_adapt, "pip install 'perserbench[bench]'"),
     Library("torchopt", "torchopt", torchopt_meta_backward, torchopt_adapt, "pip install 'perserbench[bench]'"),
+    Library("torchopt (functional)", "torchopt", torchopt_functional_meta_backward, torchopt_functional_adapt,
+            "pip install 'perserbench[bench]'"),
     Library("learn2learn", "learn2learn", learn2learn_meta_backward, learn2learn_adapt,
             "build it with benchmarks/install_learn2learn.sh (its PyPI sdist does not compile on Python 3.11+)"),
 )

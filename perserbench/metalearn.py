@@ -5,7 +5,10 @@ with the same inner loop, written once here (:func:`inner_loop`): parameters are
 tensors, inner gradients come from :func:`torch.func.grad`, and listeners are processed
 together with :func:`torch.func.vmap` — a meta-batch of meta-train listeners during
 meta-training (:func:`meta_loss`) and all test listeners of a (scenario, K) cell at evaluation
-(:func:`adapt_many`). Outer gradients are ordinary autograd through the vmapped inner loops,
+(:func:`adapt_many`). The dual form, which the methods run, does the same arithmetic without
+``vmap``, with plain autograd on batched tensors (:func:`dual_meta_loss`, bit for bit
+:func:`vmap_meta_loss`; :func:`_adapt_dual_batched`), because the transforms' per-op cost
+dominates on the inner loop's tiny tensors. Outer gradients are ordinary autograd through the vmapped inner loops,
 so second-order MAML is the default and first order is a flag (``first_order``).
 
 Two interchangeable *forms* of the adapted head share that loop:
@@ -95,12 +98,30 @@ def project_learning_rates(lrs: Params) -> None:
                 lr.clamp_(min=0.0)
 
 
-def masked_bce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
+def transform_bce(logits: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
+    """Per-item class-balanced BCE with logits written op for op as the formula that
+    :mod:`torch.func` substitutes for ``F.binary_cross_entropy_with_logits`` inside any transform
+    (PyTorch's ``binary_cross_entropy_with_logits_hack``). Why: eager PyTorch computes the same
+    value with a fused ``log_sigmoid`` kernel whose backward rounds differently, so a loss meant to
+    reproduce the vmapped inner loop's floats outside ``vmap`` (:func:`dual_meta_loss`) must use
+    the formula the transform used, not the eager kernel."""
+    max_val = (-logits).clamp_min(0)
+    log_weight = (pos_weight - 1).mul(y).add_(1)
+    softplus = (-max_val).exp_().add((-logits - max_val).exp_()).log_().add_(max_val)
+    return (1 - y).mul(logits).add(log_weight.mul(softplus))
+
+
+def masked_bce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, pos_weight: torch.Tensor,
+               as_transform: bool = False) -> torch.Tensor:
     """Class-balanced BCE (:func:`perserbench.head.balanced_bce`) over the real rows of a padded set:
     padded rows (``mask`` 0) contribute nothing, so listeners with fewer items than the batch's
     set size can share one tensor. With a leading batch dimension it returns one loss per
-    listener (the batched adaptation of :func:`adapt_states` sums them)."""
-    per_item = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight, reduction="none")
+    listener (the batched adaptation of :func:`adapt_states` sums them). ``as_transform``: the
+    per-item loss as computed inside a ``torch.func`` transform (:func:`transform_bce`)."""
+    if as_transform:
+        per_item = transform_bce(logits, y, pos_weight)
+    else:
+        per_item = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight, reduction="none")
     return (per_item * mask.unsqueeze(-1)).sum(dim=(-2, -1)) / (mask.sum(dim=-1).clamp(min=1.0) * y.shape[-1])
 
 
@@ -175,11 +196,12 @@ class DualForm:
         self.head = head.eval()
         self.buffers = head_buffers(head)
 
-    def _pool(self, meta: Params, x: torch.Tensor) -> torch.Tensor:
-        return pool_features(x, self.buffers["mean"], self.buffers["std"], meta["layer_logits"])
+    def _pool(self, meta: Params, x: torch.Tensor, lean: bool = False) -> torch.Tensor:
+        return pool_features(x, self.buffers["mean"], self.buffers["std"], meta["layer_logits"], lean)
 
-    def start(self, meta: Params, xs: torch.Tensor, first_order: bool) -> tuple[Params, Params]:
-        zs = self._pool(meta, xs)
+    def start(self, meta: Params, xs: torch.Tensor, first_order: bool,
+              lean: bool = False) -> tuple[Params, Params]:
+        zs = self._pool(meta, xs, lean)
         zc = zs.detach() if first_order else zs
         h0 = F.linear(zs, meta["hidden.weight"])
         ctx = {"zc": zc, "h0": h0, "gram": zs @ zc.transpose(-1, -2)}
@@ -209,8 +231,8 @@ class DualForm:
         out.update({k: local[k] - lrs[k] * _pulled(grads[k], local[k], meta[k], pull) for k in INNER_PARAMS[1:]})
         return out
 
-    def prepare(self, meta: Params, ctx: Params, x: torch.Tensor) -> Params:
-        z = self._pool(meta, x)
+    def prepare(self, meta: Params, ctx: Params, x: torch.Tensor, lean: bool = False) -> Params:
+        z = self._pool(meta, x, lean)
         return {"h0": F.linear(z, meta["hidden.weight"]), "gram": z @ ctx["zc"].transpose(-1, -2)}
 
     def logits(self, meta: Params, ctx: Params, local: Params, prep: Params) -> torch.Tensor:
@@ -298,9 +320,91 @@ class EpisodeBatch:
 
 def meta_loss(form: Form, meta: Params, lrs: Params, batch: EpisodeBatch, pos_weight: torch.Tensor, steps: int,
               first_order: bool, step_weights: Sequence[float]) -> torch.Tensor:
-    """Mean outer loss over a meta-batch, all listeners' inner loops run together by vmap."""
+    """Mean outer loss over a meta-batch, all listeners' inner loops run together: the dual form
+    by :func:`dual_meta_loss` (the same floats as :func:`vmap_meta_loss`, faster), the
+    materialised form by vmap."""
+    if isinstance(form, DualForm):
+        return dual_meta_loss(form, meta, lrs, batch, pos_weight, steps, first_order, step_weights)
+    return vmap_meta_loss(form, meta, lrs, batch, pos_weight, steps, first_order, step_weights)
+
+
+def vmap_meta_loss(form: Form, meta: Params, lrs: Params, batch: EpisodeBatch, pos_weight: torch.Tensor,
+                   steps: int, first_order: bool, step_weights: Sequence[float]) -> torch.Tensor:
+    """:func:`listener_meta_loss` vmapped over the meta-batch: the general path (any form)."""
     one = partial(listener_meta_loss, form, meta, lrs, pos_weight, steps, first_order, tuple(step_weights))
     return vmap(one)(batch.xs, batch.ys, batch.ms, batch.xq, batch.yq, batch.mq).mean()
+
+
+def dual_meta_loss(form: DualForm, meta: Params, lrs: Params, batch: EpisodeBatch, pos_weight: torch.Tensor,
+                   steps: int, first_order: bool, step_weights: Sequence[float]) -> torch.Tensor:
+    """:func:`vmap_meta_loss` for the dual form with plain autograd on batched tensors, bit for bit.
+
+    Why: the inner loop works on tiny tensors ([support, hidden]), so under ``vmap`` +
+    ``grad`` its cost is mostly the transforms' per-op overhead; here each op runs once on the
+    whole meta-batch. Listeners' support losses are independent, so the gradient of their *sum*
+    with respect to listener ``i``'s parameters is listener ``i``'s own gradient, and
+    ``create_graph`` keeps it differentiable for the second-order outer gradient.
+
+    Three details keep every float equal to the vmapped loop's (``tests/test_metalearn.py``
+    checks loss and meta-gradients with ``torch.equal``): every physical op is the one vmap's
+    batching rules issue; the loss is :func:`transform_bce`, the formula ``torch.func`` runs
+    instead of the eager BCE kernel; and at step 0 the meta-parameters enter *unbatched*, as
+    the shared init does under vmap (one matmul over the stacked support, one broadcast add),
+    while each listener's inner gradient is taken through a batched zero offset added after
+    them (the dual form's ``E`` trick, exact: ``x + 0 == x``). Expanding the init to one copy
+    per listener instead would reduce the outer gradient per listener and then over listeners,
+    a different summation order (differences ~1e-7 relative). The pooling's backward is
+    :func:`~perserbench.head.pool_features`' ``lean_backward`` (same floats, fewer ops)."""
+    ctx, local = form.start(meta, batch.xs, first_order, lean=True)
+    n = len(batch.xs)
+    trajectory = [local]
+    for t in range(steps):
+        free = form.free(local)
+        offsets = None
+        if t == 0:
+            offsets = {k: meta[k].new_zeros((n, *meta[k].shape)) for k in INNER_PARAMS[1:]}
+            free = {"hidden.weight": free["hidden.weight"], **offsets}
+            params = local
+        elif first_order:
+            free = {k: v.detach() for k, v in free.items()}
+            params = free
+        else:
+            params = free
+        free = {k: v if v.requires_grad else v.requires_grad_() for k, v in free.items()}
+        logits = _dual_head(ctx["h0"] + free["hidden.weight"], ctx["gram"], local["A"], params, offsets)
+        loss = masked_bce(logits, batch.ys, batch.ms, pos_weight, as_transform=True).sum()
+        grads = dict(zip(free, torch.autograd.grad(loss, list(free.values()), create_graph=not first_order),
+                         strict=True))
+        local = form.update(local, grads, {k: lr[t] for k, lr in lrs.items()}, meta, 0.0)
+        trajectory.append(local)
+    prep = form.prepare(meta, ctx, batch.xq, lean=True)
+
+    def query_loss(state: Params) -> torch.Tensor:
+        return masked_bce(_dual_head(prep["h0"], prep["gram"], state["A"], state), batch.yq, batch.mq, pos_weight,
+                          as_transform=True)
+
+    if steps == 0:
+        return query_loss(trajectory[0]).mean()
+    total = batch.xq.new_zeros(())
+    for t, w in enumerate(step_weights, start=1):
+        if w:
+            total = total + w * query_loss(trajectory[t])
+    return total.mean()
+
+
+def _dual_head(h0: torch.Tensor, gram: torch.Tensor, A: torch.Tensor, params: Params,
+               offsets: Params | None = None) -> torch.Tensor:
+    """:meth:`DualForm._head`, with each parameter's zero ``offsets`` (per listener) added right
+    after it where given (see :func:`dual_meta_loss`)."""
+    if offsets is None:
+        return DualForm._head(h0, gram, A, params)
+    hidden = h0 - gram @ A + params["hidden.bias"].unsqueeze(-2)
+    hidden = hidden + offsets["hidden.bias"].unsqueeze(-2)
+    act = torch.relu(hidden)
+    logits = act @ params["out.weight"].transpose(-1, -2)
+    logits = logits + act @ offsets["out.weight"].transpose(-1, -2)
+    logits = logits + params["out.bias"].unsqueeze(-2)
+    return logits + offsets["out.bias"].unsqueeze(-2)
 
 
 def final_step_weights(steps: int) -> tuple[float, ...]:

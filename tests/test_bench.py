@@ -42,11 +42,12 @@ def test_bench_command_reports_every_implementation_and_ratio(tmp_path):
     adapt = "adapt 4 test listeners (K=3)"
     assert workloads == {"meta-train, second order", "meta-train, first order", adapt}
     for w in workloads:
-        for impl in ("loop", "vmap (functional_call)", "vmap (dual)"):
+        for impl in ("loop", "vmap (functional_call)", "batched (dual)"):
             assert (w, impl) in cells
+        assert ((w, "vmap (dual)") in cells) == w.startswith("meta-train")  # the dual form's vmapped meta-loss
     # higher and torchopt are test dependencies: their columns must be there (second order
     # and adaptation, where the issue sets the targets); learn2learn is a column or says why not.
-    for impl in ("higher", "torchopt"):
+    for impl in ("higher", "torchopt", "torchopt (functional)"):
         assert {w for w, i in cells if i == impl} == {"meta-train, second order", adapt}
     has_l2l = any(i == "learn2learn" for _, i in cells)
     assert has_l2l != ("learn2learn" in payload["skipped"])
@@ -55,9 +56,9 @@ def test_bench_command_reports_every_implementation_and_ratio(tmp_path):
     assert all(t["rate"] > 0 for t in payload["timings"])
     rates = {(t["workload"], t["implementation"]): t["rate"] for t in payload["timings"]}
     for w, ups in payload["core_speedup"].items():
-        assert "vmap (dual)" not in ups and ups  # the core's speed-up over every other column
+        assert "batched (dual)" not in ups and ups  # the core's speed-up over every other column
         for impl, up in ups.items():
-            assert up == pytest.approx(rates[(w, "vmap (dual)")] / rates[(w, impl)])
+            assert up == pytest.approx(rates[(w, "batched (dual)")] / rates[(w, impl)])
     assert payload["machine"]["cpus"] >= 1
     assert "x loop" in result.output and "speed-up" in result.output and "torchopt" in result.output
 
@@ -107,9 +108,10 @@ def test_library_columns_compute_the_reference_mathematics(lib):
             torch.testing.assert_close(mine[k], ref[k], rtol=1e-5, atol=1e-7)
 
 
-def test_bench_command_rejects_bad_sizes():
-    result = CliRunner().invoke(app, ["bench", "--listeners", "0"])
-    assert result.exit_code != 0
+@pytest.mark.parametrize("option", [["--listeners", "0"], ["--threads", "-1"]])
+def test_bench_command_rejects_bad_sizes(option):
+    result = CliRunner().invoke(app, ["bench", *option])
+    assert result.exit_code != 0 and option[0] in str(result.exception)
 
 
 # ---------------------------------------------------------------- pytest-benchmark (slow)

@@ -21,17 +21,20 @@ from perserbench.bench import (
     reference_predict,
 )
 from perserbench.episodes import MetaTrainSet
+from perserbench.head import pool_features
 from perserbench.metalearn import (
     INNER_PARAMS,
     EpisodeSampler,
     MetaLearner,
     adapt_states,
+    dual_meta_loss,
     final_step_weights,
     inner_learning_rates,
     make_form,
     meta_loss,
     meta_parameters,
     multi_step_weights,
+    vmap_meta_loss,
 )
 from perserbench.tasks import load_task
 
@@ -74,6 +77,41 @@ def test_batched_meta_gradient_equals_reference_loop(problem, dual, first_order,
     assert max(g.abs().max().item() for g in ref_grads) > 1e-3  # a real gradient, not zeros
     for name, a, b in zip([*meta, *(f"lr:{k}" for k in lrs)], got_grads, ref_grads):
         assert torch.allclose(a, b, atol=TOL, rtol=0), f"{name}: max diff {(a - b).abs().max().item():.2e}"
+
+
+@pytest.mark.parametrize("steps", [0, 1, STEPS])
+@pytest.mark.parametrize("first_order", [False, True], ids=["second-order", "first-order"])
+@pytest.mark.parametrize("multi_step", [False, True], ids=["last-step", "multi-step"])
+def test_dual_meta_loss_is_the_vmapped_loop_bit_for_bit(problem, steps, first_order, multi_step):
+    """The methods meta-train through :func:`dual_meta_loss`; it must give exactly the floats of
+    the vmapped per-listener loop (so the committed board does not move), not just agree to a
+    tolerance: loss and every meta-gradient (learnable per-step lrs included) with torch.equal."""
+    head, pos_weight, batch = problem
+    weights = multi_step_weights(steps, 0.4) if multi_step else final_step_weights(steps)
+    out = []
+    for fn in (vmap_meta_loss, dual_meta_loss):
+        meta, lrs = fresh(head)
+        loss = fn(make_form(head, True), meta, lrs, batch, pos_weight, steps, first_order, weights)
+        out.append((loss, torch.autograd.grad(loss, [*meta.values(), *lrs.values()], allow_unused=True)))
+    (loss_v, grads_v), (loss_d, grads_d) = out
+    assert torch.equal(loss_v, loss_d)
+    assert any(g is not None and g.abs().max() > 1e-4 for g in grads_v)
+    for name, a, b in zip([*meta, *(f"lr:{k}" for k in lrs)], grads_v, grads_d):
+        assert (a is None and b is None) or torch.equal(a, b), name
+
+
+def test_lean_pooling_backward_is_autograds_bit_for_bit():
+    """pool_features' hand-written backward (used by dual_meta_loss) gives autograd's floats."""
+    gen = torch.Generator().manual_seed(5)
+    x, mean = torch.randn(3, 4, 5, 16, generator=gen), torch.randn(5, 16, generator=gen)
+    std, weight = torch.rand(5, 16, generator=gen) + 0.5, torch.randn(3, 4, 16, generator=gen)
+    out = []
+    for lean in (False, True):
+        logits = torch.randn(5, generator=torch.Generator().manual_seed(6)).requires_grad_()
+        pooled = pool_features(x, mean, std, logits, lean_backward=lean)
+        out.append((pooled, torch.autograd.grad((pooled * weight).sum() + pooled.pow(2).sum(), logits)[0]))
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+    assert out[0][1].abs().max() > 1e-3
 
 
 def test_first_and_second_order_meta_gradients_differ(problem):
