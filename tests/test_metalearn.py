@@ -327,6 +327,56 @@ def test_guarded_adaptation_equals_a_per_listener_leave_one_out_loop(problem, du
     assert decisions == {True, False}
 
 
+def test_a_fallback_model_is_what_the_gate_compares_with_and_what_a_rejected_listener_gets(problem):
+    """``fallback`` (maml/meta-perser ``fallback=consensus``): the leave-one-out gain is taken
+    against the fallback model's loss, a rejected listener predicts exactly as the fallback
+    model, a kept one as its adapted head; a one-item support has nothing to leave out and
+    always falls back."""
+    import copy
+
+    from perserbench.episodes import Items, LabelledItems
+    from perserbench.metalearn import FallbackPredictor, adapt_many
+    from perserbench.no_harm import item_loss
+
+    head, pos_weight, batch = problem
+    fallback = copy.deepcopy(head).eval()
+    with torch.no_grad():
+        for p in fallback.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    meta, _ = fresh(head)
+    frozen = {k: v.detach() for k, v in meta.items()}
+    form = make_form(head, True)
+    supports = [LabelledItems(batch.xs[i][batch.ms[i] > 0], batch.ys[i][batch.ms[i] > 0]) for i in range(len(batch.xs))]
+    decisions = set()
+    for lr in (0.5, 30.0):
+        lrs = inner_learning_rates(STEPS, lr, learnable=False)
+        predictors = adapt_many(form, meta, lrs, supports, pos_weight, STEPS, guard=True, fallback=fallback)
+        adapted = reference_adapt(head, meta, lrs, batch.xs, batch.ys, batch.ms, pos_weight, STEPS)
+        for i, support in enumerate(supports):
+            gain = 0.0
+            for j in range(len(support.x)):
+                rest = [r for r in range(len(support.x)) if r != j]
+                params = reference_adapt(head, meta, lrs, support.x[rest][None], support.y[rest][None],
+                                         torch.ones(1, len(rest)), pos_weight, STEPS)[0]
+                x, y = support.x[j:j + 1], support.y[j:j + 1]
+                with torch.no_grad():
+                    gain += (item_loss(fallback(x), y, pos_weight)
+                             - item_loss(head_logits(head, frozen, params, x), y, pos_weight)).item()
+            keep = gain > 0
+            decisions.add(keep)
+            got = predictors[i].predict_proba(Items(batch.xq[i]))
+            if keep:
+                want = reference_predict(head, frozen, adapted[i], batch.xq[i])
+                assert torch.allclose(got, want, atol=TOL, rtol=0), (lr, i)
+            else:
+                assert isinstance(predictors[i], FallbackPredictor)
+                assert torch.equal(got, torch.sigmoid(fallback(batch.xq[i]).detach())), (lr, i)
+    assert decisions == {True, False}
+    lone = adapt_many(form, meta, inner_learning_rates(STEPS, 0.5, learnable=False), [supports[0].__class__(
+        supports[0].x[:1], supports[0].y[:1])], pos_weight, STEPS, guard=True, fallback=fallback)
+    assert isinstance(lone[0], FallbackPredictor)
+
+
 def head_logits(head, meta, params, x):
     from perserbench.bench import _forward
 
