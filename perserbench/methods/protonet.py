@@ -23,9 +23,8 @@ meta-training use the same shrunk prototypes, so the embedding is trained for th
 is the unshrunk network, exactly.
 
 ``guard`` (on by default, evidence threshold ``guard_z = 2``) applies the leave-one-out do-no-harm
-gate (:mod:`perserbench.no_harm`): a listener
-keeps the consensus model unless prototypes from each K−1 subset predict the left-out item
-better than consensus.
+gate (:mod:`perserbench.no_harm`): a listener keeps the consensus model unless prototypes
+from each K−1 subset predict the left-out item better than consensus.
 """
 
 from __future__ import annotations
