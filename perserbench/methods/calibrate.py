@@ -253,7 +253,7 @@ class Calibrate(Method):
         self._check()
         self.head_ = train_consensus(train, ConsensusConfig(), self.seed).eval()
         with torch.no_grad():
-            logits = self.head_(train.x).double()
+            logits = train.features.map(self.head_).double()
         balance = positive_weights(train.y).double()
         self.loss_weight_ = balance if c.weighted_loss else torch.ones_like(balance)
         self.shift_ = c.decision_shift * balance.log()
