@@ -33,9 +33,9 @@ import torch
 
 from perserbench.episodes import MetaTrainSet
 from perserbench.expected_f1 import optimal_thresholds
+from perserbench.featurerows import gather
 from perserbench.head import _doc, fit_head
 from perserbench.method import ReferenceContext, ReferenceMethod
-from perserbench.featurerows import gather
 from perserbench.methods.consensus import ConsensusConfig, train_consensus
 from perserbench.registry import register_method
 
