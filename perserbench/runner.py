@@ -65,8 +65,8 @@ from perserbench.tasks import SCENARIOS, ListenerFold, ResolvedTask
 AUDIT_TOLERANCE = 1e-4
 # Bounds on what isolation units hold at once (memory at corpus scale; no number depends on them
 # for a fold of at most UNIT_LISTENERS test listeners, which is every task on the board).
-UNIT_LISTENERS = 32
-UNITS_IN_FLIGHT = 4
+UNIT_LISTENERS = 16
+UNITS_IN_FLIGHT = 3
 
 MethodSpec = str | type[Method] | Method
 CONTROLS = ("own", "other-listener")
