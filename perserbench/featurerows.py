@@ -108,7 +108,8 @@ class FeatureRows:
         for start in range(0, len(rows), step):
             part = order[start:start + step]
             out[part] = self._mapped()[rows[part]]
-            self._mapped_bytes += len(part) * self.row_bytes // 2
+            assert self._file is not None
+            self._mapped_bytes += len(part) * self.row_bytes // 4 * np.dtype(self._file[2]).itemsize
             if self._mapped_bytes >= BATCH_BYTES:
                 self.unmap()
         return out
