@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from perserbench.errors import LeakageError, PerserbenchError
+from perserbench.featurerows import FeatureRows, gather
 from perserbench.tasks import SCENARIOS, ListenerFold, ResolvedTask
 
 
@@ -76,8 +77,12 @@ class MetaTrainSet:
     synthetic corpus's ground truth, and it pickles small: it is what the runner ships to the
     sealed process a method runs in (:mod:`perserbench.sealed`).
 
-    ``x`` holds the features of the training-pool utterances that meta-train listeners
-    labelled; annotation ``a`` is ``(utterance[a] → row of x, listener[a], y[a])``.
+    ``features`` are the training-pool utterances that meta-train listeners labelled, read as
+    float32 batches (:class:`~perserbench.featurerows.FeatureRows`: ``features[idx]``,
+    ``features.map(fn)``, ``features.mean_std()``); annotation ``a`` is
+    ``(utterance[a] → row of features, listener[a], y[a])``. ``x`` is all of them as one float32
+    tensor ``[U, L, D]``: convenient on small corpora, but U × L × D × 4 bytes (12 GB at
+    MSP-Podcast scale), so the built-in methods read ``features`` in batches instead.
     """
 
     def __init__(self, task: ResolvedTask, fold: ListenerFold) -> None:
@@ -89,7 +94,7 @@ class MetaTrainSet:
         self.task_name = task.spec.name
         self.labels: tuple[str, ...] = task.corpus.vocabulary
         self.listeners: tuple[str, ...] = tuple(sorted(set(ann.listener[rows].tolist())))
-        self.x = torch.from_numpy(np.ascontiguousarray(task.features[utts]))
+        self.features = FeatureRows(task.features, utts)
         self.utterance = torch.from_numpy(local.astype(np.int64))
         listener_pos = {name: i for i, name in enumerate(self.listeners)}
         self.listener = torch.tensor([listener_pos[n] for n in ann.listener[rows]], dtype=torch.long)
@@ -101,12 +106,22 @@ class MetaTrainSet:
         return len(self.labels)
 
     @cached_property
+    def x(self) -> torch.Tensor:
+        """Every training utterance's features, float32 ``[U, L, D]`` (materialised on first use)."""
+        return self.features.materialize()
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state.pop("x", None)  # a materialised copy is rebuilt on demand, never shipped
+        return state
+
+    @cached_property
     def consensus(self) -> torch.Tensor:
         """Consensus label per training utterance [U, C]: classes chosen by at least
         ``threshold`` of the meta-train listeners who labelled it; an utterance where no class
         reaches it takes its most-chosen class(es), so every utterance keeps a label."""
-        counts = torch.zeros(len(self.x), self.n_classes).index_add_(0, self.utterance, self.y)
-        raters = torch.bincount(self.utterance, minlength=len(self.x)).clamp(min=1).unsqueeze(1)
+        counts = torch.zeros(len(self.features), self.n_classes).index_add_(0, self.utterance, self.y)
+        raters = torch.bincount(self.utterance, minlength=len(self.features)).clamp(min=1).unsqueeze(1)
         share = counts / raters
         labels = share >= self.consensus_threshold - 1e-9
         top = share == share.max(dim=1, keepdim=True).values
@@ -115,7 +130,7 @@ class MetaTrainSet:
     def listener_items(self, listener: str) -> LabelledItems:
         """All training annotations of one meta-train listener (for episodic meta-learning)."""
         rows = torch.nonzero(self.listener == self.listeners.index(listener)).squeeze(1)
-        return LabelledItems(self.x[self.utterance[rows]], self.y[rows])
+        return LabelledItems(self.features[self.utterance[rows]], self.y[rows])
 
 
 def _stable_int(text: str) -> int:
@@ -256,7 +271,7 @@ def episode_items(task: ResolvedTask, episode: Episode) -> tuple[LabelledItems, 
     ann = task.corpus.annotations
 
     def features(rows: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(task.features[ann.utterance[rows]]))
+        return gather(task.features, ann.utterance[rows])
 
     support = LabelledItems(features(episode.support), torch.from_numpy(ann.labels[episode.support].astype(np.float32)))
     return support, Items(features(episode.query)), ann.labels[episode.query]

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from perserbench.episodes import MetaTrainSet
+from perserbench.featurerows import FeatureRows
 
 MAX_POS_WEIGHT = 20.0
 
@@ -100,10 +101,12 @@ class EmotionHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, n_classes)
 
-    def set_standardizer(self, x: torch.Tensor) -> None:
-        """Fix the feature standardisation from training utterances ``x`` [U, L, D]."""
-        self.mean.copy_(x.mean(dim=0))
-        self.std.copy_(x.std(dim=0).clamp(min=1e-5))
+    def set_standardizer(self, x: torch.Tensor | FeatureRows) -> None:
+        """Fix the feature standardisation from training utterances ``x`` [U, L, D] (a tensor,
+        or :class:`FeatureRows` reduced batch by batch)."""
+        mean, std = x.mean_std() if isinstance(x, FeatureRows) else (x.mean(dim=0), x.std(dim=0))
+        self.mean.copy_(mean)
+        self.std.copy_(std.clamp(min=1e-5))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Hidden representation [N, hidden] (used by prototype-based methods)."""
@@ -116,9 +119,9 @@ class EmotionHead(nn.Module):
 
 def head_for(train: MetaTrainSet, hidden: int, dropout: float, layer_weights: bool) -> EmotionHead:
     """A fresh head shaped for ``train``'s features, standardised on its utterances."""
-    _, n_layers, dim = train.x.shape
+    _, n_layers, dim = train.features.shape
     head = EmotionHead(n_layers, dim, train.n_classes, hidden, dropout, layer_weights)
-    head.set_standardizer(train.x)
+    head.set_standardizer(train.features)
     return head
 
 
@@ -134,10 +137,11 @@ def balanced_bce(logits: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor
     return nn.functional.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
 
 
-def fit_head(head: EmotionHead, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float,
+def fit_head(head: EmotionHead, x: torch.Tensor | FeatureRows, y: torch.Tensor, *, epochs: int, lr: float,
              batch_size: int, weight_decay: float, seed: int,
              pos_weight: torch.Tensor | None = None) -> EmotionHead:
-    """Minibatch Adam on (x, y); deterministic for a seed. Leaves the head in eval mode."""
+    """Minibatch Adam on (x, y); deterministic for a seed. Leaves the head in eval mode.
+    ``x`` may be :class:`FeatureRows`: each minibatch is then read (and pooled) on its own."""
     generator = torch.Generator().manual_seed(seed)
     weights = positive_weights(y) if pos_weight is None else pos_weight
     params = [p for p in head.parameters() if p.requires_grad]

@@ -480,7 +480,7 @@ class EpisodeSampler:
     def _gather(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mask = rows >= 0
         safe = rows.clamp(min=0)
-        x = self.train.x[self.train.utterance[safe]]
+        x = self.train.features[self.train.utterance[safe]]
         y = self.train.y[safe] * mask.unsqueeze(-1)
         return x, y, mask.float()
 

@@ -26,6 +26,7 @@ import os
 import platform
 import subprocess
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -56,12 +57,16 @@ from perserbench.method import (
 from perserbench.metrics import class_counts, episode_metrics, listener_aggregates, summarize
 from perserbench.registry import check_config, create_method, get_method
 from perserbench.results import SCHEMA_VERSION, EpisodeRecord, RunResult, save_result
-from perserbench.sealed import Prediction, SealedMethod
+from perserbench.sealed import PendingUnit, Prediction, SealedMethod
 from perserbench.tasks import SCENARIOS, ListenerFold, ResolvedTask
 
 # Largest |Δp| between a scored prediction and the same episode re-adapted alone that counts
 # as float noise (batched vs single vmap reductions differ by ~1e-7).
 AUDIT_TOLERANCE = 1e-4
+# Bounds on what isolation units hold at once (memory at corpus scale; no number depends on them
+# for a fold of at most UNIT_LISTENERS test listeners, which is every task on the board).
+UNIT_LISTENERS = 16
+UNITS_IN_FLIGHT = 3
 
 MethodSpec = str | type[Method] | Method
 CONTROLS = ("own", "other-listener")
@@ -259,13 +264,17 @@ def _record(fold: ListenerFold, ep: Episode, seed: int, n_support: int, truth: n
                          **scores, **counts)
 
 
-def isolation_units(episodes: Sequence[Episode]) -> list[list[Episode]]:
+def isolation_units(episodes: Sequence[Episode], max_listeners: int = UNIT_LISTENERS) -> list[list[Episode]]:
     """Group a cell's episodes into units holding at most one episode per listener: unit
-    ``e`` = episode ``e`` of every listener (so each unit still batches across listeners)."""
+    ``e`` = episode ``e`` of every listener (so each unit still batches across listeners),
+    split into units of at most ``max_listeners`` listeners in listener order. Why the split:
+    a unit's supports and queries travel as float32 ``[L, D]`` rows, so a fold with hundreds of
+    test listeners of a 25 × 1024 upstream would put gigabytes in one process; a fold of at
+    most ``max_listeners`` (every task on the board) is one unit per episode index, as before."""
     units: dict[int, list[Episode]] = {}
     for ep in episodes:
         units.setdefault(ep.index, []).append(ep)
-    out = [units[e] for e in sorted(units)]
+    out = [units[e][i:i + max_listeners] for e in sorted(units) for i in range(0, len(units[e]), max_listeners)]
     for unit in out:
         listeners = [ep.listener for ep in unit]
         if len(set(listeners)) != len(listeners):
@@ -284,18 +293,29 @@ def _sealed_cell(sealed: SealedMethod, name: str, task: ResolvedTask, fold: List
     # Every unit of the cell, and the audit's lone episode, in flight at once: each is its own
     # process, so they run in parallel and the fork latency is hidden.
     units = isolation_units(episodes)
-    items = [[episode_items(task, ep) for ep in unit] for unit in units]
-    pending = [sealed.submit([s for s, _, _ in its], [q for _, q, _ in its], _derived_seed(*cell_seed, unit[0].index))
-               for unit, its in zip(units, items, strict=True)]
     audited = audit_sample(episodes, cell_seed)
     support, query, _ = episode_items(task, audited)
     audit_pending = sealed.submit([support], [query], _derived_seed(*cell_seed, audited.index), stage="audit")
     scored: dict[tuple, Prediction] = {}
     out = []
-    for unit, its, ticket in zip(units, items, pending, strict=True):
+    # At most UNITS_IN_FLIGHT units hold their episodes at once (here and in their processes),
+    # which bounds memory at any corpus size; which are in flight changes no number.
+    in_flight: deque[tuple[list[Episode], list, PendingUnit]] = deque()
+
+    def collect_oldest() -> None:
+        unit, its, ticket = in_flight.popleft()
         for ep, (support, _, truth), prediction in zip(unit, its, sealed.collect(ticket), strict=True):
             scored[ep.key] = prediction
             out.append(_record(fold, ep, seed, len(support), truth, prediction))
+
+    for unit in units:
+        if len(in_flight) >= UNITS_IN_FLIGHT:
+            collect_oldest()
+        its = [episode_items(task, ep) for ep in unit]
+        ticket = sealed.submit([s for s, _, _ in its], [q for _, q, _ in its], _derived_seed(*cell_seed, unit[0].index))
+        in_flight.append((unit, its, ticket))
+    while in_flight:
+        collect_oldest()
     _check_audit(name, audited, sealed.collect(audit_pending)[0], scored[audited.key], audit)
     return out
 

@@ -79,10 +79,11 @@ def test_meta_train_set_holds_only_meta_train_listeners_on_training_pool(task):
 
 def test_consensus_threshold_rule():
     from perserbench.episodes import MetaTrainSet as M
+    from perserbench.featurerows import FeatureRows
 
     m = M.__new__(M)
     m.labels = ("a", "b", "c")
-    m.x = torch.zeros(2, 1, 1)
+    m.features = FeatureRows(np.zeros((2, 1, 1), dtype=np.float32))
     m.utterance = torch.tensor([0, 0, 0, 1, 1])
     m.y = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=torch.float32)
     m.consensus_threshold = 0.6

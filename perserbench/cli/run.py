@@ -187,6 +187,12 @@ def tasks_command(
     for name, path in files.items():
         spec = load_task_spec(path)
         listeners, hash_ = "-", "-"
+        if spec.purpose == "scale":  # resolving one generates gigabytes of features: only a run does that
+            unresolved.append(f"{name}: a scale task (time and memory at corpus scale); `perserbench run` "
+                              "resolves it")
+            table.add_row(name, spec.corpus.name, listeners, str(spec.listeners.folds),
+                          "+".join(spec.episodes.scenarios), ",".join(map(str, spec.episodes.shots)), hash_)
+            continue
         try:
             takes_root = "root" in (loader_options(spec.corpus.name) or ("root",))
             resolved = resolve_task(spec, {"root": str(root)} if root and takes_root else None)

@@ -70,7 +70,7 @@ class TaskResolver:
 
     def _resolve(self, name: str, source: str) -> TaskInfo:
         from perserbench.episodes import all_episodes, split_hash
-        from perserbench.tasks import load_task
+        from perserbench.tasks import load_task, load_task_spec
 
         path = self.tasks_dir / f"{name}.toml"
         if not path.is_file():
@@ -79,6 +79,10 @@ class TaskResolver:
                 "can be validated"
             )
         try:
+            spec = load_task_spec(path)
+            if not spec.ranked:  # refused before resolving: a scale task's corpus is gigabytes
+                return TaskInfo(spec.name, spec.version, "", tuple(spec.episodes.scenarios),
+                                tuple(spec.episodes.shots), {}, development=True)
             task = load_task(path, self.corpus_options)
             required = {ep.key: (len(ep.support), len(ep.query)) for ep in all_episodes(task)}
             task_hash = split_hash(task)
@@ -87,7 +91,7 @@ class TaskResolver:
         spec = task.spec
         uniform = {**spec.corpus.options, **(self.corpus_options or {})}.get("uniform", False)
         return TaskInfo(spec.name, spec.version, task_hash, tuple(spec.episodes.scenarios),
-                        tuple(spec.episodes.shots), required, spec.is_development,
+                        tuple(spec.episodes.shots), required, not spec.ranked,
                         uniform is True or str(uniform).lower() == "true")
 
 
@@ -105,8 +109,8 @@ def validate_result(path: Path, resolver: TaskResolver) -> RunResult:
     info = resolver.get(result.task_name, src)
     if info.development:
         raise PerserbenchError(
-            f"{src}: task {info.name!r} is a development task (defaults are tuned on it); it is never on the "
-            "board — run the method on a benchmark task"
+            f"{src}: task {info.name!r} is a development or scale task (defaults are tuned on it, or it "
+            "measures time and memory); it is never on the board — run the method on a benchmark task"
         )
     if result.task["hash"] != info.hash:
         version_note = (f"task version {result.task['version']} in the file, {info.version} in "

@@ -105,6 +105,7 @@ class CalibrateConfig:
                                   "by < 0.01", ge=1)
     newton_steps: int = _doc(30, "upper bound on damped Newton steps per fit; fits stop once every problem has "
                                  "converged (4-12 steps on synthetic-dev)", ge=1)
+GROUP_ELEMENTS = 2**22  # Newton-feature elements per listener group of the prior fit (32 MB in float64)
 
 
 def logit_features(z: torch.Tensor, mixing: str) -> torch.Tensor:
@@ -186,22 +187,39 @@ def fit_prior(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, pos_weight: 
     """Empirical-Bayes Gaussian prior (mean, variance) [C, d] of the listener transform from
     meta-train listeners' items (``z``, ``y``, ``mask`` as in :func:`map_fit`): EM with a
     Laplace posterior per listener, from the identity transform with unit variance."""
-    d = logit_features(z[:1, :1], mixing).shape[-1]
-    mu = torch.zeros(z.shape[-1], d, dtype=torch.float64)
+    return fit_prior_groups([(z, y, mask)], pos_weight, mixing, iterations, min_std, steps)
+
+
+def fit_prior_groups(groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], pos_weight: torch.Tensor,
+                     mixing: str, iterations: int, min_std: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`fit_prior` over listeners given in groups, each its own padded ``(z, y, mask)``
+    (:func:`listener_groups`): the per-listener fits are independent, so grouping listeners of
+    similar workload only bounds the padding. One group is exactly :func:`fit_prior`."""
+    z0 = groups[0][0]
+    d = logit_features(z0[:1, :1], mixing).shape[-1]
+    mu = torch.zeros(z0.shape[-1], d, dtype=torch.float64)
     var = torch.ones_like(mu)
-    theta = None
+    thetas: list[torch.Tensor | None] = [None] * len(groups)
     for _ in range(iterations):
-        theta, hessian = map_fit(z, y, mask, pos_weight, mu, 1.0 / var, mixing, steps, init=theta)
-        posterior_var = torch.linalg.inv(hessian).diagonal(dim1=-2, dim2=-1)
+        posterior = []
+        for i, (z, y, mask) in enumerate(groups):
+            thetas[i], hessian = map_fit(z, y, mask, pos_weight, mu, 1.0 / var, mixing, steps, init=thetas[i])
+            posterior.append(torch.linalg.inv(hessian).diagonal(dim1=-2, dim2=-1))
+        theta = thetas[0] if len(groups) == 1 else torch.cat(thetas)
+        posterior_var = posterior[0] if len(groups) == 1 else torch.cat(posterior)
         mu = theta.mean(0)
         var = ((theta - mu).square() + posterior_var).mean(0).clamp(min=min_std ** 2)
     return mu, var
 
 
-def listener_table(train: MetaTrainSet, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def listener_table(train: MetaTrainSet, logits: torch.Tensor,
+                   rows: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Meta-train annotations grouped by listener and padded: the consensus logits [L, A, C] of
-    the items each listener labelled, their labels [L, A, C] and a mask [L, A]."""
-    rows = [r for r in (torch.nonzero(train.listener == i).squeeze(1) for i in range(len(train.listeners))) if len(r)]
+    the items each listener labelled, their labels [L, A, C] and a mask [L, A] (for the
+    listeners whose annotation rows are ``rows``; default: every listener with a label)."""
+    if rows is None:
+        rows = [r for r in (torch.nonzero(train.listener == i).squeeze(1) for i in range(len(train.listeners)))
+                if len(r)]
     width = max(len(r) for r in rows)
     z = logits.new_zeros(len(rows), width, logits.shape[1])
     y = train.y.new_zeros(len(rows), width, train.n_classes)
@@ -209,6 +227,27 @@ def listener_table(train: MetaTrainSet, logits: torch.Tensor) -> tuple[torch.Ten
     for i, r in enumerate(rows):
         z[i, : len(r)], y[i, : len(r)], mask[i, : len(r)] = logits[train.utterance[r]], train.y[r], 1.0
     return z, y, mask
+
+
+def listener_groups(train: MetaTrainSet, logits: torch.Tensor, mixing: str,
+                    budget: int = GROUP_ELEMENTS) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """:func:`listener_table` in groups whose Newton features (listeners × width × C × d) stay
+    within ``budget`` elements. Why: under a heavy-tailed workload one listener labels tens of
+    thousands of items and most label a few dozen, so one table padded to the heaviest is
+    quadratic (39 GB for 1,700 listeners of a 160,000-utterance corpus); listeners sorted by
+    workload and grouped greedily pad only to their group's heaviest. A table that fits the
+    budget is one group: :func:`listener_table` itself."""
+    rows = [r for r in (torch.nonzero(train.listener == i).squeeze(1) for i in range(len(train.listeners))) if len(r)]
+    per_item = train.n_classes * logit_features(logits[:1, :1].new_zeros(1, train.n_classes), mixing).shape[-1]
+    if len(rows) * max(len(r) for r in rows) * per_item <= budget:
+        return [listener_table(train, logits, rows)]
+    groups: list[list[torch.Tensor]] = []
+    for r in sorted(rows, key=len):
+        if groups and (len(groups[-1]) + 1) * len(r) * per_item <= budget:
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    return [listener_table(train, logits, group) for group in groups]
 
 
 class CalibratedPredictor:
@@ -253,12 +292,12 @@ class Calibrate(Method):
         self._check()
         self.head_ = train_consensus(train, ConsensusConfig(), self.seed).eval()
         with torch.no_grad():
-            logits = self.head_(train.x).double()
+            logits = train.features.map(self.head_).double()
         balance = positive_weights(train.y).double()
         self.loss_weight_ = balance if c.weighted_loss else torch.ones_like(balance)
         self.shift_ = c.decision_shift * balance.log()
-        z, y, mask = listener_table(train, logits)
-        self.prior_mean_, self.prior_var_ = fit_prior(z, y, mask, self.loss_weight_, c.mixing, c.em_iterations,
+        groups = listener_groups(train, logits, c.mixing)
+        self.prior_mean_, self.prior_var_ = fit_prior_groups(groups, self.loss_weight_, c.mixing, c.em_iterations,
                                                       c.min_prior_std, c.newton_steps)
 
     def adapt(self, support: LabelledItems) -> Predictor:

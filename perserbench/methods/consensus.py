@@ -33,7 +33,7 @@ def train_consensus(train: MetaTrainSet, config: ConsensusConfig, seed: int) -> 
     """The consensus model; other methods start from it (finetune, meta-perser)."""
     torch.manual_seed(seed)
     head = head_for(train, config.hidden, config.dropout, config.layer_weights)
-    return fit_head(head, train.x, train.consensus, epochs=config.epochs, lr=config.lr,
+    return fit_head(head, train.features, train.consensus, epochs=config.epochs, lr=config.lr,
                     batch_size=config.batch_size, weight_decay=config.weight_decay, seed=seed)
 
 

@@ -33,6 +33,7 @@ import torch
 
 from perserbench.episodes import MetaTrainSet
 from perserbench.expected_f1 import optimal_thresholds
+from perserbench.featurerows import gather
 from perserbench.head import _doc, fit_head
 from perserbench.method import ReferenceContext, ReferenceMethod
 from perserbench.methods.consensus import ConsensusConfig, train_consensus
@@ -68,7 +69,7 @@ class Personal(ReferenceMethod):
         if key not in self.cache_:
             rows = np.setdiff1d(task.listener_rows(episode.listener, episode.scenario), episode.query)
             ann = task.corpus.annotations
-            x = torch.from_numpy(np.ascontiguousarray(task.features[ann.utterance[rows]]))
+            x = gather(task.features, ann.utterance[rows])
             y = torch.from_numpy(ann.labels[rows].astype(np.float32))
             seed = zlib.crc32(repr((self.seed, *key[:2], key[2])).encode())
             torch.manual_seed(seed)  # dropout masks: the result does not depend on episode order

@@ -153,11 +153,12 @@ class Protonet(Method):
         meta = {k: full[k] for k in EMBED_PARAMS}
         self.buffers_ = {k: v.detach() for k, v in trunk.named_buffers()}
         with torch.no_grad():  # distance scale so that initial scores are O(1)
-            sq = embed(meta, self.buffers_, train.x).pow(2).sum(-1).mean()
+            sq = train.features.map(lambda x: embed(meta, self.buffers_, x)).pow(2).sum(-1).mean()
         meta["log_scale"] = torch.tensor(-math.log(float(sq) + 1e-6), requires_grad=True)
         if c.tau:  # prior prototypes: meta-learned, initialised at the class means of the meta-train annotations
             with torch.no_grad():
-                prior = class_mean_embeddings(embed(meta, self.buffers_, train.x), train.utterance, train.y)
+                embedded = train.features.map(lambda x: embed(meta, self.buffers_, x))
+                prior = class_mean_embeddings(embedded, train.utterance, train.y)
             meta["prior_pos"], meta["prior_neg"] = (p.clone().requires_grad_(True) for p in prior)
         pos_weight = positive_weights(train.y)
         self.pos_weight_ = pos_weight

@@ -32,7 +32,8 @@ from perserbench.inputs import read_text
 SCENARIOS = ("seen", "unseen")
 SPLIT_FIELDS = ("session", "speaker")
 # "development": defaults are tuned on it; it never appears on the board (DESIGN §2).
-PURPOSES = ("benchmark", "development")
+# "scale": measures time and memory at corpus scale (synthetic-msp-scale); never on the board.
+PURPOSES = ("benchmark", "development", "scale")
 
 
 TASKS_ENV = "PERSERBENCH_TASKS"
@@ -120,6 +121,11 @@ class TaskSpec:
     def is_development(self) -> bool:
         """A development task (e.g. ``synthetic-dev``): where defaults are tuned, never ranked."""
         return self.purpose == "development"
+
+    @property
+    def ranked(self) -> bool:
+        """Only benchmark tasks are ranked; development and scale tasks never reach the board."""
+        return self.purpose == "benchmark"
 
 
 def _build(cls: type, table: Any, where: str, source: str) -> Any:
@@ -283,7 +289,7 @@ class ResolvedTask:
 
     spec: TaskSpec
     corpus: Corpus
-    features: np.ndarray  # float32 [N, L, D]
+    features: np.ndarray  # float32 or float16 [N, L, D], in memory or memory-mapped (read rows, never all)
     train_pool: np.ndarray  # bool [N]: utterance may be used for training
     folds: tuple[ListenerFold, ...]
 
@@ -333,12 +339,13 @@ def _features(corpus: Corpus, key: str) -> np.ndarray:
 
         feats = load_cached_features(corpus, key)
         fix = f"check the audio and extract again: {extract_command(corpus, key)} --force"
-    feats = np.asarray(feats, dtype=np.float32)
+    if not (isinstance(feats, np.ndarray) and feats.dtype in (np.float16, np.float32)):
+        feats = np.asarray(feats, dtype=np.float32)  # a memory map of float16/32 stays a map
     if feats.ndim != 3 or feats.shape[0] != len(corpus.utterances):
         raise PerserbenchError(
             f"features {key!r} have shape {feats.shape}; expected [{len(corpus.utterances)}, layers, dim]"
         )
-    finite = np.isfinite(feats).all(axis=(1, 2))
+    finite = _finite_rows(feats)
     if not finite.all():
         # Caught here, not in the metrics after a whole training run.
         bad = np.flatnonzero(~finite)
@@ -349,6 +356,18 @@ def _features(corpus: Corpus, key: str) -> np.ndarray:
             f"affected); {fix}"
         )
     return feats
+
+
+def _finite_rows(feats: np.ndarray) -> np.ndarray:
+    """bool [N]: the row holds no NaN or inf. A memory map is checked a batch at a time through
+    maps of its own (:class:`~perserbench.featurerows.FeatureRows`), so the check leaves no
+    file pages resident in this process."""
+    if not isinstance(feats, np.memmap):
+        return np.isfinite(feats).all(axis=(1, 2))
+    from perserbench.featurerows import FeatureRows
+
+    rows = FeatureRows(feats)
+    return np.concatenate([np.isfinite(batch.numpy()).all(axis=(1, 2)) for _, batch in rows.batches()])
 
 
 def _train_pool(spec: TaskSpec, corpus: Corpus) -> np.ndarray:

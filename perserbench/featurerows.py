@@ -1,0 +1,185 @@
+"""Utterance features read as float32 batches, from memory or from a memory-mapped file.
+
+Why: at MSP-Podcast scale (150,000 utterances × 25 layers × 1024) the features are 7.7 GB even
+in float16; one float32 copy of the training utterances is about 12 GB, and a copy per fold
+worker more. :class:`FeatureRows` is the set of rows a method may read (one fold's training
+utterances), without a copy of them: a file-backed source is read through its memory map, a
+batch at a time, converted to float32 per batch; layer pooling then happens per batch in the
+head, so nothing ``[U, L, D]``-sized in float32 ever exists.
+
+Two promises keep existing results exact:
+
+* an in-memory source (the small synthetic corpora) is copied once, as float32, exactly as
+  the meta-train set always held it, and ``rows[idx]`` returns the very values ``x[idx]`` did;
+* whole-set reductions (:meth:`FeatureRows.mean_std`, :meth:`FeatureRows.map`) run in one batch
+  whenever the rows fit in :data:`BATCH_BYTES`, which is then the same computation on the same
+  tensor as before; only larger sets are reduced batch by batch (float64 accumulation).
+
+Resident memory: pages a process touches through a memory map count in its RSS for as long as
+the map stays open. The map is therefore dropped (``munmap``) after every :data:`BATCH_BYTES`
+read, so a pass over 12 GB of rows leaves at most a batch's pages mapped; the file stays in the
+kernel's page cache, shared by every process, and the next read maps it again in microseconds.
+
+Pickling: a file-backed set pickles as (path, offset, dtype, shape, row index), a few hundred
+kilobytes, which is what the runner ships to a sealed fold worker (:mod:`perserbench.sealed`).
+The worker can reach the file, as it can reach any file on disk; the protocol boundary is that
+the API hands it only its fold's rows (DESIGN §2, what sealing does not close).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+BATCH_BYTES = 128 * 2**20  # float32 bytes per batch of a whole-set pass, and mapped bytes before an unmap
+
+Index = torch.Tensor | np.ndarray | slice | int
+
+
+class FeatureRows:
+    """Rows ``index`` of a ``[N, L, D]`` feature array, read as float32 ``[..., L, D]`` tensors.
+
+    ``rows[i]`` takes an int, a slice, or an integer tensor/array of any shape (the result has
+    that shape followed by ``[L, D]``), like indexing the float32 tensor of those rows would."""
+
+    def __init__(self, source: np.ndarray, index: np.ndarray | None = None) -> None:
+        index = np.arange(len(source), dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
+        self.shape: tuple[int, int, int] = (len(index), int(source.shape[1]), int(source.shape[2]))
+        self._map: np.ndarray | None = None
+        self._mapped_bytes = 0
+        if isinstance(source, np.memmap) and source.filename is not None:
+            if not source.flags.c_contiguous:
+                raise ValueError("FeatureRows: a memory-mapped source must be a whole C-contiguous array")
+            self._file: tuple[str, int, str, tuple[int, ...]] | None = (
+                str(Path(source.filename).resolve()), int(source.offset), source.dtype.str, tuple(source.shape))
+            self._index = index
+            self._memory: torch.Tensor | None = None
+        else:
+            self._file = None
+            self._index = np.arange(len(index), dtype=np.int64)
+            self._memory = torch.from_numpy(np.ascontiguousarray(source[index], dtype=np.float32))
+
+    # ------------------------------------------------------------------ shape
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def file_backed(self) -> bool:
+        return self._file is not None
+
+    @property
+    def row_bytes(self) -> int:
+        """float32 bytes of one row."""
+        return 4 * self.shape[1] * self.shape[2]
+
+    @property
+    def batch_rows(self) -> int:
+        """Rows per batch of a whole-set pass: all of them when they fit in :data:`BATCH_BYTES`."""
+        return max(1, BATCH_BYTES // self.row_bytes)
+
+    # ------------------------------------------------------------------ reading
+
+    def __getitem__(self, idx: Index) -> torch.Tensor:
+        if self._memory is not None:
+            return self._memory[idx]
+        if isinstance(idx, slice):
+            idx = np.arange(len(self))[idx]
+        flat = np.asarray(idx.numpy() if isinstance(idx, torch.Tensor) else idx, dtype=np.int64)
+        shape = flat.shape
+        flat = flat.reshape(-1)
+        if flat.size and (flat.min() < -len(self) or flat.max() >= len(self)):
+            raise IndexError(f"row index out of range for {len(self)} rows")
+        rows = self._index[flat]
+        out = self._read(rows)
+        return torch.from_numpy(out).reshape(*shape, self.shape[1], self.shape[2])
+
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        """float32 copies of file rows ``rows`` (any order), read in sorted order through the map."""
+        out = np.empty((len(rows), self.shape[1], self.shape[2]), dtype=np.float32)
+        if not len(rows):
+            return out
+        order = np.argsort(rows, kind="stable")
+        step = self.batch_rows
+        for start in range(0, len(rows), step):
+            part = order[start:start + step]
+            out[part] = self._mapped()[rows[part]]
+            assert self._file is not None
+            self._mapped_bytes += len(part) * self.row_bytes // 4 * np.dtype(self._file[2]).itemsize
+            if self._mapped_bytes >= BATCH_BYTES:
+                self.unmap()
+        return out
+
+    def _mapped(self) -> np.ndarray:
+        if self._map is None:
+            assert self._file is not None
+            path, offset, dtype, shape = self._file
+            self._map = np.memmap(path, dtype=np.dtype(dtype), mode="r", offset=offset, shape=shape)
+        return self._map
+
+    def unmap(self) -> None:
+        """Drop the memory map (its pages leave this process's RSS; the page cache keeps them)."""
+        self._map, self._mapped_bytes = None, 0
+
+    def batches(self) -> Any:
+        """``(start, float32 batch)`` over all rows in order, :attr:`batch_rows` at a time."""
+        for start in range(0, len(self), self.batch_rows):
+            yield start, self[start:start + self.batch_rows]
+
+    # ------------------------------------------------------------------ whole-set passes
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``fn`` over all rows, batch by batch, results concatenated along the first dimension
+        (one call on all rows when they fit in one batch: the same computation as on a tensor)."""
+        if len(self) <= self.batch_rows:
+            return fn(self[:])
+        return torch.cat([fn(batch) for _, batch in self.batches()])
+
+    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-(layer, dim) mean and unbiased standard deviation over all rows, float32. One
+        batch: ``x.mean(0), x.std(0)`` exactly; more: batch statistics merged in float64 (Chan)."""
+        if len(self) <= self.batch_rows:
+            x = self[:]
+            return x.mean(dim=0), x.std(dim=0)
+        n, mean, m2 = 0, None, None
+        for _, batch in self.batches():
+            b = batch.double()
+            nb, mb = len(b), b.mean(dim=0)
+            m2b = (b - mb).square().sum(dim=0)
+            if mean is None:
+                n, mean, m2 = nb, mb, m2b
+                continue
+            delta = mb - mean
+            total = n + nb
+            mean = mean + delta * (nb / total)
+            m2 = m2 + m2b + delta.square() * (n * nb / total)
+            n = total
+        assert mean is not None and m2 is not None
+        return mean.float(), (m2 / max(n - 1, 1)).sqrt().float()
+
+    def materialize(self) -> torch.Tensor:
+        """All rows as one float32 tensor ``[U, L, D]`` (U × L × D × 4 bytes: small sets only)."""
+        return self[:] if self._memory is None else self._memory
+
+    # ------------------------------------------------------------------ pickling
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_map"], state["_mapped_bytes"] = None, 0
+        return state
+
+
+def gather(features: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+    """Rows ``rows`` of a ``[N, L, D]`` feature array (any float dtype) as a float32 tensor.
+
+    A float32 in-memory array gives exactly its values (as ``x[rows]`` did). A memory-mapped
+    array is read through a map opened for this call and dropped after it, so a long run that
+    reads every episode's rows does not accumulate mapped pages in the runner's RSS."""
+    if isinstance(features, np.memmap) and features.filename is not None:
+        return FeatureRows(features, np.asarray(rows, dtype=np.int64).reshape(-1))[:].reshape(
+            *np.shape(rows), *features.shape[1:])
+    return torch.from_numpy(np.ascontiguousarray(features[rows], dtype=np.float32))
