@@ -77,12 +77,13 @@ def preload_modules() -> list[str]:
     ``__init__`` is wrapped in ``torch._disable_dynamo``), about 900 modules (sympy, triton,
     torch.distributed, …) and 1.5 s of CPU that each fold worker paid again before any
     training step. Code only, never data: the workers still start with no task, corpus or
-    ground truth in memory."""
+    ground truth in memory. Last, :mod:`perserbench.forkserver_ready` backs all of it with
+    huge pages, which makes every later fork cheaper."""
     from perserbench import methods
 
     builtins = [f"perserbench.methods.{m.name}" for m in pkgutil.iter_modules(methods.__path__)
                 if not m.name.startswith("_")]
-    return ["perserbench.sealed", "torch._dynamo", *builtins]
+    return ["perserbench.sealed", "torch._dynamo", *builtins, "perserbench.forkserver_ready"]
 
 
 def _context() -> multiprocessing.context.BaseContext:
