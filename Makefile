@@ -20,9 +20,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/perserbench run $(ARGS)
 
+# Two pytest workers, one per core (CI has 2); a test file stays on one worker (--dist
+# loadfile), so module- and session-scoped fixtures (the Ray cluster, generated results) are
+# built once. A plain `.venv/bin/python -m pytest` still runs everything in one process.
 test: $(STAMP)
 	.ci/ensure-chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/perserbench bench

@@ -36,6 +36,7 @@ import gc
 import multiprocessing
 import os
 import pickle
+import pkgutil
 import signal
 import socket
 import sys
@@ -69,13 +70,30 @@ class Prediction:
     thresholds: np.ndarray | None
 
 
+def preload_modules() -> list[str]:
+    """What the forkserver imports once, so that no fold worker imports it again: this module
+    (torch, numpy), every built-in method's module, and ``torch._dynamo``. The last is there
+    for speed alone: every ``torch.optim`` optimizer imports it lazily on construction (its
+    ``__init__`` is wrapped in ``torch._disable_dynamo``), about 900 modules (sympy, triton,
+    torch.distributed, …) and 1.5 s of CPU that each fold worker paid again before any
+    training step. Code only, never data: the workers still start with no task, corpus or
+    ground truth in memory. Last, :mod:`perserbench.forkserver_ready` backs all of it with
+    huge pages, which makes every later fork cheaper."""
+    from perserbench import methods
+
+    builtins = [f"perserbench.methods.{m.name}" for m in pkgutil.iter_modules(methods.__path__)
+                if not m.name.startswith("_")]
+    return ["perserbench.sealed", "torch._dynamo", *builtins, "perserbench.forkserver_ready"]
+
+
 def _context() -> multiprocessing.context.BaseContext:
-    """The forkserver context, its server preloaded with what every worker needs (so a worker
-    starts in milliseconds) and with nothing the runner holds."""
+    """The forkserver context, its server preloaded with what every worker needs
+    (:func:`preload_modules`, so a worker starts in milliseconds) and with nothing the runner
+    holds."""
     global _CONTEXT
     if _CONTEXT is None:
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["perserbench.sealed"])
+        ctx.set_forkserver_preload(preload_modules())
         _CONTEXT = ctx
     return _CONTEXT
 
@@ -156,7 +174,7 @@ class SealedMethod:
         except OSError as exc:
             raise MethodError(f"method {self.name!r}: its worker did not open a unit ({exc})") from None
         try:
-            unit.send_bytes(pickle.dumps((torch_seed, supports, queries), protocol=pickle.HIGHEST_PROTOCOL))
+            unit.send_bytes(pickle.dumps((torch_seed, *_pack(supports, queries)), protocol=pickle.HIGHEST_PROTOCOL))
         except OSError:
             unit.close()
             raise MethodError(f"method {self.name!r}: its unit process died during {stage} before reading its "
@@ -180,6 +198,20 @@ class SealedMethod:
             raise MethodError(f"method {self.name!r} during {stage}: answered {len(message[1])} episodes for "
                               f"{len(pending.query_sizes)}")
         return [_checked(self.name, stage, p, n) for p, n in zip(message[1], pending.query_sizes, strict=True)]
+
+
+def _pack(supports: list[LabelledItems], queries: list[Items]) -> tuple[list[tuple[np.ndarray, np.ndarray]],
+                                                                        list[np.ndarray]]:
+    """A unit's episodes as plain arrays for the wire: a torch tensor pickles through its
+    storage (a ``torch.save`` per tensor, several ms per unit on each side); an array is
+    its raw bytes. The unit rebuilds the very same tensors (:func:`_unpack`)."""
+    return [(s.x.numpy(), s.y.numpy()) for s in supports], [q.x.numpy() for q in queries]
+
+
+def _unpack(supports: list[tuple[np.ndarray, np.ndarray]],
+            queries: list[np.ndarray]) -> tuple[list[LabelledItems], list[Items]]:
+    return ([LabelledItems(torch.from_numpy(x), torch.from_numpy(y)) for x, y in supports],
+            [Items(torch.from_numpy(x)) for x in queries])
 
 
 @dataclass
@@ -257,7 +289,8 @@ def _fold_worker(conn: Connection) -> None:
 
 def _run_unit(unit: Connection, method: Method) -> None:
     try:
-        torch_seed, supports, queries = pickle.loads(unit.recv_bytes())
+        torch_seed, raw_supports, raw_queries = pickle.loads(unit.recv_bytes())
+        supports, queries = _unpack(raw_supports, raw_queries)
         torch.manual_seed(torch_seed)
         predictors = method.adapt_many(supports)
         if len(predictors) != len(supports):

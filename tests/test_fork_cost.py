@@ -1,0 +1,58 @@
+"""What keeps sealed runs cheap (perserbench.sealed, perserbench.hugepages) changes no number:
+the huge-page hint leaves every byte as it was, and fold workers start with the modules every
+optimizer needs already imported by the forkserver instead of importing them again."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+from perserbench.episodes import Items, LabelledItems, MetaTrainSet, episode_items, sample_episodes
+from perserbench.hugepages import collapse_anonymous_memory
+from perserbench.method import Method
+from perserbench.sealed import SealedMethod, preload_modules
+
+
+def test_collapsing_into_huge_pages_changes_no_byte():
+    rng = np.random.default_rng(0)
+    arrays = [rng.random(size) for size in (10, 1000, 3_000_000)]
+    tensor = torch.randn(512, 1024)
+    before = [a.copy() for a in arrays], tensor.clone()
+    accepted = collapse_anonymous_memory()
+    assert isinstance(accepted, int) and accepted >= 0
+    assert all(np.array_equal(a, b) for a, b in zip(arrays, before[0]))
+    assert torch.equal(tensor, before[1])
+
+
+class _Probe:
+    def __init__(self, flags: torch.Tensor) -> None:
+        self.flags = flags
+
+    def predict_proba(self, items: Items) -> torch.Tensor:
+        return self.flags.expand(len(items), -1).clone()
+
+
+class ReportsPreloadedModules(Method):
+    """Answers, as its 'probabilities', whether torch._dynamo and the forkserver's last preload
+    were already imported when meta_fit started, and the support's dtype was float32."""
+
+    def meta_fit(self, train: MetaTrainSet) -> None:
+        self.flags_ = [float("torch._dynamo" in sys.modules), float("perserbench.forkserver_ready" in sys.modules)]
+
+    def adapt(self, support: LabelledItems) -> _Probe:
+        return _Probe(torch.tensor([[*self.flags_, float(support.x.dtype == torch.float32)]]))
+
+
+def test_fold_workers_start_with_what_every_optimizer_imports(toy_task_file):
+    from perserbench.tasks import load_task
+
+    assert preload_modules()[-1] == "perserbench.forkserver_ready" and "torch._dynamo" in preload_modules()
+    task = load_task(toy_task_file)
+    fold = task.folds[0]
+    support, query, _ = episode_items(task, sample_episodes(task, fold, "seen", 5)[0])
+    with SealedMethod(ReportsPreloadedModules(seed=0), MetaTrainSet(task, fold), 0) as sealed:
+        [prediction] = sealed.predict([support], [query], torch_seed=0)
+    assert prediction.proba.shape == (len(query), 3)
+    assert (prediction.proba == 1.0).all()
