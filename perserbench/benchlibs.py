@@ -114,6 +114,22 @@ def torchopt_adapt(head: EmotionHead, xs: torch.Tensor, ys: torch.Tensor, pos_we
     return out
 
 
+def _torchopt_inner_loop(loss: Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor], params: Params,
+                         x: torch.Tensor, y: torch.Tensor, steps: int, lr: float) -> Params:
+    """torchopt's functional SGD on the adapted tensors (its functional-API MAML example's inner
+    loop), differentiable when ``params`` require grad."""
+    import torchopt
+    from torch.func import grad
+
+    opt = torchopt.sgd(lr=lr)
+    inner = {k: params[k] for k in INNER_PARAMS}
+    state = opt.init(inner)
+    for _ in range(steps):
+        updates, state = opt.update(grad(loss)(inner, x, y), state, inplace=False)
+        inner = torchopt.apply_updates(inner, updates, inplace=False)
+    return inner
+
+
 def torchopt_functional_meta_backward(head: EmotionHead, batch: EpisodeBatch, pos_weight: torch.Tensor, steps: int,
                                       lr: float) -> None:
     """torchopt's functional API as in its ``examples/FuncTorch/maml_omniglot_vmap.py``: the
@@ -121,8 +137,7 @@ def torchopt_functional_meta_backward(head: EmotionHead, batch: EpisodeBatch, po
     ``torch.func.grad`` and the meta-batch's tasks run together by ``vmap`` (the example uses
     ``functorch.make_functional_with_buffers``, whose current spelling is
     ``torch.func.functional_call``). The layer weighting is meta-learned, not adapted."""
-    import torchopt
-    from torch.func import functional_call, grad, vmap
+    from torch.func import functional_call, vmap
 
     params = dict(head.named_parameters())
     buffers = dict(head.named_buffers())
@@ -132,13 +147,7 @@ def torchopt_functional_meta_backward(head: EmotionHead, batch: EpisodeBatch, po
         return balanced_bce(functional_call(head, {**buffers, **fixed, **inner}, (x,)), y, pos_weight)
 
     def task_loss(xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor) -> torch.Tensor:
-        opt = torchopt.sgd(lr=lr)
-        inner = {k: params[k] for k in INNER_PARAMS}
-        state = opt.init(inner)
-        for _ in range(steps):
-            updates, state = opt.update(grad(loss)(inner, xs, ys), state, inplace=False)
-            inner = torchopt.apply_updates(inner, updates, inplace=False)
-        return loss(inner, xq, yq)
+        return loss(_torchopt_inner_loop(loss, params, xs, ys, steps, lr), xq, yq)
 
     vmap(task_loss)(batch.xs, batch.ys, batch.xq, batch.yq).mean().backward()
 
@@ -147,8 +156,7 @@ def torchopt_functional_adapt(head: EmotionHead, xs: torch.Tensor, ys: torch.Ten
                               steps: int, lr: float) -> list[Params]:
     """The functional inner loop of :func:`torchopt_functional_meta_backward`, vmapped over the
     test listeners, without a meta-gradient."""
-    import torchopt
-    from torch.func import functional_call, grad, vmap
+    from torch.func import functional_call, vmap
 
     params = {k: v.detach() for k, v in head.named_parameters()}
     buffers = dict(head.named_buffers())
@@ -158,13 +166,7 @@ def torchopt_functional_adapt(head: EmotionHead, xs: torch.Tensor, ys: torch.Ten
         return balanced_bce(functional_call(head, {**buffers, **fixed, **inner}, (x,)), y, pos_weight)
 
     def adapt_one(x: torch.Tensor, y: torch.Tensor) -> Params:
-        opt = torchopt.sgd(lr=lr)
-        inner = {k: params[k] for k in INNER_PARAMS}
-        state = opt.init(inner)
-        for _ in range(steps):
-            updates, state = opt.update(grad(loss)(inner, x, y), state, inplace=False)
-            inner = torchopt.apply_updates(inner, updates, inplace=False)
-        return inner
+        return _torchopt_inner_loop(loss, params, x, y, steps, lr)
 
     with torch.no_grad():
         adapted = vmap(adapt_one)(xs, ys)

@@ -216,9 +216,14 @@ def test_sealed_run_passes_the_audit_and_personalizes_heterogeneous_listeners(tm
         assert ours[(scenario, 5)] > ours[(scenario, 1)] + 0.02, ours  # the support, not only the prior
 
 
-def test_no_harm_when_all_listeners_are_identical(tmp_path):
+@pytest.mark.parametrize("method, config", [
+    ("calibrate", None),
+    ("protonet", {"meta_epochs": "2", "steps_per_epoch": "4"}),  # gated by default (guard_z = 2)
+], ids=["calibrate", "protonet"])
+def test_no_harm_when_all_listeners_are_identical(tmp_path, method, config):
     task = styles_task(tmp_path, uniform=True)
-    ours, consensus = cell_means(run("calibrate", task, [1, 5])), cell_means(run("consensus", task, [1, 5]))
+    ours = cell_means(run(method, task, [1, 5], config_overrides=config))
+    consensus = cell_means(run("consensus", task, [1, 5]))
     for cell, score in consensus.items():
         assert ours[cell] >= score - 0.02, (cell, ours, consensus)
     for scenario in ("seen", "unseen"):  # adapting to an identical listener's support costs nothing

@@ -18,7 +18,7 @@ from perserbench.tasks import load_task
 # full comparison (see the issue report), not here.
 SMALL = {
     "finetune": {"guard": "false"},  # the ungated method; the gate has its own tests below
-    "protonet": {"meta_epochs": "2", "steps_per_epoch": "4", "support": "6", "query": "6"},
+    "protonet": {"meta_epochs": "2", "steps_per_epoch": "4", "support": "6", "query": "6", "guard": "false"},
     "maml": {"meta_epochs": "2", "steps_per_epoch": "4", "inner_steps": "2", "guard": "false"},
     "meta-perser": {"meta_epochs": "2", "steps_per_epoch": "4", "inner_steps": "2", "first_order_epochs": "1",
                     "guard": "false"},
