@@ -66,24 +66,26 @@ class MamlConfig:
     dual: bool = _doc(True, "exact low-rank form of the first layer's inner updates (~5-10x faster on CPU); "
                             "False = materialised weights through functional_call, same numbers")
     chunk: int = _doc(256, "test listeners adapted per vmap call; bounds memory for large cells", ge=1)
-    guard: bool = _doc(True, "do-no-harm gate (perserbench.no_harm): keep a listener at the meta-learned init "
-                             "unless adapting on each K-1 subset of the support predicts the left-out item "
+    guard: bool = _doc(True, "do-no-harm gate (perserbench.no_harm): keep a listener at the fallback model "
+                             "(see fallback) unless adapting on each K-1 subset of the support predicts the left-out item "
                              "better; costs K extra batched adaptations; False = the ungated method. "
                              "synthetic-dev (mean macro-F1 over 8 cells; consensus 0.533): maml ungated/gated "
                              "0.545/0.547, meta-perser 0.543/0.544; gated, K=1 keeps the unadapted init "
                              "(meta-perser K=1 seen/unseen 0.514/0.522 -> 0.523/0.533)")
-    guard_z: float = _doc(0.0, "the gate's evidence threshold (as finetune's): adapt only where the mean "
-                               "leave-one-out gain exceeds guard_z standard errors of the per-item gains "
-                               "(0 = any gain). With fallback=consensus, z 0/2 (mean macro-F1 - consensus over 8 "
-                               "cells): meta-perser synthetic-dev +0.013/+0.008, synthetic-dev-uniform "
-                               "+0.002/+0.001; 2 costs gain and buys no safety the uniform control can see", ge=0)
-    fallback: str = _doc("init", "what a listener the gate rejects (and every K=1 listener: nothing can be left "
-                                 "out) keeps: 'init' = the meta-learned initialisation, 'consensus' = the "
-                                 "fold's consensus model (the gate then compares the adaptation with it). Mean "
-                                 "macro-F1 - consensus over 8 cells, init/consensus: maml synthetic-dev "
-                                 "+0.014/+0.013, synthetic-dev-uniform -0.002/-0.001; meta-perser synthetic-dev "
-                                 "+0.011/+0.013, synthetic-dev-uniform +0.007/+0.002. Every difference is within "
-                                 "the ~0.0025 run-to-run SD, so the method's own init stays",
+    guard_z: float = _doc(2.0, "the gate's evidence threshold (as finetune's and protonet's): adapt only where "
+                               "the mean leave-one-out gain exceeds guard_z standard errors of the per-item gains "
+                               "(0 = any gain). maml, mean macro-F1 - consensus over 8 cells, defaults before "
+                               "(fallback=init, z=0) -> now (fallback=consensus, z=2): uniform development "
+                               "controls (nobody differs) styles/confusion/prior-shift -0.002/-0.004/-0.002 -> "
+                               "-/-0.000/-0.000 (styles with fallback=consensus, z=0: -0.001); heterogeneous "
+                               "synthetic-dev +0.014 -> +0.009, -confusion -0.003 -> +0.000, -prior-shift "
+                               "+0.014 -> +0.009. Do no harm first, as finetune and protonet", ge=0)
+    fallback: str = _doc("consensus", "what a listener the gate rejects (and every K=1 listener: nothing can be "
+                                      "left out) keeps: 'init' = the meta-learned initialisation, 'consensus' = "
+                                      "the fold's consensus model (trained for it when init=random; the gate then "
+                                      "compares the adaptation with it). With z=0, init/consensus: synthetic-dev "
+                                      "+0.014/+0.013, synthetic-dev-uniform -0.002/-0.001 (figures with z=2 under "
+                                      "guard_z)",
                          choices=FALLBACKS)
 
 

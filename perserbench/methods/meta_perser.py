@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from perserbench.head import _doc
 from perserbench.metalearn import COMBINED_INNER
-from perserbench.methods.maml import INITS, MamlConfig, MamlFamily
+from perserbench.methods.maml import FALLBACKS, INITS, MamlConfig, MamlFamily
 from perserbench.registry import register_method
 
 
@@ -60,6 +60,15 @@ class MetaPerserConfig(MamlConfig):
                                       "meta-epochs (cheap, stable start), second order for the last. "
                                       "synthetic-dev: 0.544 with, 0.544 second order throughout (a tie); "
                                       "annealing is the cheaper", ge=0)
+    guard_z: float = _doc(0.0, "the gate's evidence threshold (0 = any gain). With fallback=consensus, z 0/2 "
+                               "(mean macro-F1 - consensus over 8 cells): synthetic-dev +0.013/+0.008, "
+                               "synthetic-dev-uniform +0.002/+0.001; meta-perser is not below consensus on the "
+                               "development uniform control with its defaults (+0.007), so the paper's method "
+                               "keeps z=0", ge=0)
+    fallback: str = _doc("init", "what a K=1 or gate-rejected listener keeps: 'init' (the meta-learned "
+                                 "initialisation) or 'consensus'. init/consensus: synthetic-dev +0.011/+0.013, "
+                                 "synthetic-dev-uniform +0.007/+0.002 -- within run-to-run noise, so the "
+                                 "method's own init stays", choices=FALLBACKS)
     multi_step_loss: bool = _doc(False, "optional MAML++ multi-step loss, not part of Meta-PerSER. synthetic-dev: "
                                         "0.548 with vs 0.544 without, within about two run-to-run SDs; off "
                                         "to keep the paper's method")
