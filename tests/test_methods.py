@@ -263,10 +263,11 @@ def test_guarded_adaptation_is_batched_exactly_and_deterministic(toy, method, co
 
 @pytest.mark.parametrize("method", METHODS)
 def test_guard_with_one_support_item_keeps_the_unadapted_model(toy, method):
-    """K=1 leaves nothing to leave out: no evidence, so every listener keeps the unadapted
-    model (consensus; for the MAML family the meta-learned init, adapt_steps=0)."""
+    """K=1 leaves nothing to leave out: no evidence, so every listener keeps the fallback
+    model (consensus; maml falls back to consensus too, meta-perser to its meta-learned init,
+    adapt_steps=0)."""
     unadapted = {"finetune": ("consensus", {}), "protonet": ("consensus", {}),
-                 "maml": ("maml", {**SMALL["maml"], "adapt_steps": "0"}),
+                 "maml": ("consensus", {}),
                  "meta-perser": ("meta-perser", {**SMALL["meta-perser"], "adapt_steps": "0"})}[method]
     want = predictions(toy, *unadapted, k=1)
     got = predictions(toy, method, {**SMALL[method], "guard": "true"}, k=1)
