@@ -44,6 +44,7 @@ from torch.func import functional_call, grad, vmap
 
 from perserbench.episodes import Items, LabelledItems, MetaTrainSet
 from perserbench.head import EmotionHead, pool_features
+from perserbench.method import FixedProbabilities
 from perserbench.no_harm import loo_evidence, select_states
 
 Params = dict[str, torch.Tensor]
@@ -595,21 +596,10 @@ def guarded_states(form: Form, meta: Params, lrs: Params, xs: torch.Tensor, ys: 
     return select_states(keep, adapted, unadapted)
 
 
-class FallbackPredictor:
-    """A listener the gate kept off adaptation: the fallback model's probabilities."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-
-    def predict_proba(self, items: Items) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.sigmoid(self.model(items.x))
-
-
 def adapt_many(form: Form, meta: Params, lrs: Params, supports: Sequence[LabelledItems],
                pos_weight: torch.Tensor, steps: int, chunk: int = 256, pull: float = 0.0,
                guard: bool = False, guard_z: float = 0.0,
-               fallback: torch.nn.Module | None = None) -> list[AdaptedPredictor | FallbackPredictor]:
+               fallback: torch.nn.Module | None = None) -> list[AdaptedPredictor | FixedProbabilities]:
     """Adapt to every support set in one batched computation; one predictor per support.
     ``pull``: L2 pull toward the init (:func:`inner_loop`); ``guard``: the leave-one-out
     do-no-harm gate (:func:`guarded_states`) with its evidence threshold ``guard_z``. With a
@@ -625,7 +615,7 @@ def adapt_many(form: Form, meta: Params, lrs: Params, supports: Sequence[Labelle
             reference = fallback(xs)
         keep = guard_keep(form, meta, lrs, xs, ys, ms, pos_weight, steps, reference, chunk, pull, guard_z)
         return [AdaptedPredictor(form, frozen, {k: v[i] for k, v in states.items()}) if kept
-                else FallbackPredictor(fallback) for i, kept in enumerate(keep.tolist())]
+                else FixedProbabilities(fallback) for i, kept in enumerate(keep.tolist())]
     if guard:
         states = guarded_states(form, meta, lrs, xs, ys, ms, pos_weight, steps, chunk, pull, guard_z)
     else:
@@ -722,7 +712,7 @@ class MetaLearner:
         return self.history
 
     def adapt_many(self, supports: Sequence[LabelledItems],
-                   fallback: torch.nn.Module | None = None) -> list[AdaptedPredictor | FallbackPredictor]:
+                   fallback: torch.nn.Module | None = None) -> list[AdaptedPredictor | FixedProbabilities]:
         steps = getattr(self.settings, "adapt_steps", -1)
         steps = self.settings.inner_steps if steps < 0 else steps
         return adapt_many(self.form, self.meta, self.lrs, supports, self.pos_weight, steps, self.settings.chunk,

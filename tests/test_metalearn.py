@@ -335,7 +335,8 @@ def test_a_fallback_model_is_what_the_gate_compares_with_and_what_a_rejected_lis
     import copy
 
     from perserbench.episodes import Items, LabelledItems
-    from perserbench.metalearn import FallbackPredictor, adapt_many
+    from perserbench.metalearn import adapt_many
+    from perserbench.method import FixedProbabilities
     from perserbench.no_harm import item_loss
 
     head, pos_weight, batch = problem
@@ -369,12 +370,12 @@ def test_a_fallback_model_is_what_the_gate_compares_with_and_what_a_rejected_lis
                 want = reference_predict(head, frozen, adapted[i], batch.xq[i])
                 assert torch.allclose(got, want, atol=TOL, rtol=0), (lr, i)
             else:
-                assert isinstance(predictors[i], FallbackPredictor)
+                assert isinstance(predictors[i], FixedProbabilities)
                 assert torch.equal(got, torch.sigmoid(fallback(batch.xq[i]).detach())), (lr, i)
     assert decisions == {True, False}
     lone = adapt_many(form, meta, inner_learning_rates(STEPS, 0.5, learnable=False), [supports[0].__class__(
         supports[0].x[:1], supports[0].y[:1])], pos_weight, STEPS, guard=True, fallback=fallback)
-    assert isinstance(lone[0], FallbackPredictor)
+    assert isinstance(lone[0], FixedProbabilities)
 
 
 def head_logits(head, meta, params, x):
