@@ -20,6 +20,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -109,6 +110,17 @@ class MetaTrainSet:
     def x(self) -> torch.Tensor:
         """Every training utterance's features, float32 ``[U, L, D]`` (materialised on first use)."""
         return self.features.materialize()
+
+    def sealed_copy(self, folder: Path) -> MetaTrainSet:
+        """This set with file-backed features rewritten into ``folder`` as this fold's rows
+        alone (:meth:`FeatureRows.sealed_copy`), so that what the runner ships to a sealed worker
+        reaches nothing of the held-out pool; the set itself when its features are in memory."""
+        if not self.features.file_backed:
+            return self
+        copy = object.__new__(MetaTrainSet)
+        copy.__dict__.update(self.__getstate__())
+        copy.features = self.features.sealed_copy(folder / "features.npy")
+        return copy
 
     def __getstate__(self) -> dict[str, object]:
         state = dict(self.__dict__)

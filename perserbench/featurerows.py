@@ -21,9 +21,12 @@ read, so a pass over 12 GB of rows leaves at most a batch's pages mapped; the fi
 kernel's page cache, shared by every process, and the next read maps it again in microseconds.
 
 Pickling: a file-backed set pickles as (path, offset, dtype, shape, row index), a few hundred
-kilobytes, which is what the runner ships to a sealed fold worker (:mod:`perserbench.sealed`).
-The worker can reach the file, as it can reach any file on disk; the protocol boundary is that
-the API hands it only its fold's rows (DESIGN §2, what sealing does not close).
+kilobytes. Such a reference reaches every row of its file, the held-out utterances' included,
+so the runner never ships the cache's own file to a sealed fold worker: it first writes the
+fold's rows, and only those, into a private file (:meth:`FeatureRows.sealed_copy`, streamed a
+batch at a time in the stored dtype) and ships a reference to that (:mod:`perserbench.sealed`;
+a hostile-plugin test in tests/test_scale.py). What stays open is the route around the API
+that in-memory corpora share: code that opens the feature cache on disk by itself (DESIGN §2).
 """
 
 from __future__ import annotations
@@ -98,9 +101,9 @@ class FeatureRows:
         out = self._read(rows)
         return torch.from_numpy(out).reshape(*shape, self.shape[1], self.shape[2])
 
-    def _read(self, rows: np.ndarray) -> np.ndarray:
-        """float32 copies of file rows ``rows`` (any order), read in sorted order through the map."""
-        out = np.empty((len(rows), self.shape[1], self.shape[2]), dtype=np.float32)
+    def _read(self, rows: np.ndarray, dtype: np.dtype | type = np.float32) -> np.ndarray:
+        """Copies of file rows ``rows`` (any order) as ``dtype``, read in sorted order through the map."""
+        out = np.empty((len(rows), self.shape[1], self.shape[2]), dtype=dtype)
         if not len(rows):
             return out
         order = np.argsort(rows, kind="stable")
@@ -113,6 +116,26 @@ class FeatureRows:
             if self._mapped_bytes >= BATCH_BYTES:
                 self.unmap()
         return out
+
+    def sealed_copy(self, path: Path) -> FeatureRows:
+        """These rows, and no other, written to the new ``.npy`` file ``path`` in the stored dtype
+        (a batch at a time, plain writes: nothing stays in this process's resident set), as a
+        file-backed set over that file. Its values are the same floats, row for row, so whatever
+        a method computes from it is unchanged; what differs is what its file reference reaches
+        (module docstring, "Pickling"). An in-memory set is already a copy of its rows alone
+        and is returned as is."""
+        if self._file is None:
+            return self
+        dtype = np.dtype(self._file[2])
+        header = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=self.shape)
+        offset = header.offset
+        del header
+        with open(path, "r+b") as f:
+            f.seek(offset)
+            f.writelines(self._read(self._index[start:start + self.batch_rows], dtype).tobytes()
+                         for start in range(0, len(self), self.batch_rows))
+        self.unmap()
+        return FeatureRows(np.load(path, mmap_mode="r"))
 
     def _mapped(self) -> np.ndarray:
         if self._map is None:

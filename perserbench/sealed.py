@@ -22,6 +22,10 @@ processes can. The runner never calls a method in its own process. Instead:
   query probabilities (and optional per-class thresholds) and exits; nothing it learned
   survives it. A method that leaves Python threads running after ``meta_fit`` is refused: such
   a thread would live on in the fold worker beside every unit.
+* **A private feature file per fold worker** when a corpus is memory-mapped (the scale task):
+  a reference to the feature cache's file would reach every utterance, the held-out pool's
+  included, so the fold's rows are first copied into a folder of this worker's own
+  (:meth:`~perserbench.episodes.MetaTrainSet.sealed_copy`), removed when it stops.
 
 What this does *not* close: code that goes around the API (reads corpus files from disk,
 regenerates the synthetic corpus by calling perserbench, writes a memory to a file). Those
@@ -37,13 +41,17 @@ import multiprocessing
 import os
 import pickle
 import pkgutil
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import traceback
+import weakref
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
+from pathlib import Path
 from typing import Any, Self
 
 import cloudpickle
@@ -104,6 +112,9 @@ class SealedMethod:
 
     def __init__(self, method: Method, train: MetaTrainSet, torch_seed: int) -> None:
         self.name = method.name or type(method).__name__
+        self._private = Path(tempfile.mkdtemp(prefix="perserbench-sealed-"))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._private, ignore_errors=True)
+        train = train.sealed_copy(self._private)
         parent, child = _context().Pipe(duplex=True)
         self._conn: Connection = parent
         self._process = _context().Process(target=_fold_worker, args=(child,), daemon=True,
@@ -140,6 +151,7 @@ class SealedMethod:
                 self._process.kill()
                 self._process.join()
         self._conn.close()
+        self._cleanup()
 
     def _expect(self, kind: str, stage: str) -> tuple[Any, ...]:
         try:

@@ -5,7 +5,11 @@ measured by ``benchmarks/scale_memory.py``."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
+import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -14,17 +18,18 @@ import torch
 from perserbench import featurerows
 from perserbench.data.synthetic import generate, world
 from perserbench.data.synthetic.storage import feature_path, write_features
-from perserbench.episodes import Episode, MetaTrainSet, episode_items
+from perserbench.episodes import Episode, LabelledItems, MetaTrainSet, episode_items
 from perserbench.errors import PerserbenchError
 from perserbench.featurerows import FeatureRows
 from perserbench.leaderboard.validate import TaskResolver
+from perserbench.method import FixedProbabilities, Method
 from perserbench.methods.calibrate import (
     fit_prior,
     fit_prior_groups,
     listener_groups,
     listener_table,
 )
-from perserbench.runner import isolation_units
+from perserbench.runner import isolation_units, run
 from perserbench.tasks import load_task, load_task_spec, tasks_dir
 
 
@@ -179,3 +184,63 @@ def test_the_scale_task_is_msp_podcast_shaped_and_never_ranked():
     assert (options["layers"], options["dim"], options["dtype"]) == (25, 1024, "float16")
     info = TaskResolver(tasks_dir()).get("synthetic-msp-scale", "here")  # refused unresolved (no 8 GB)
     assert info.development and info.required == {}
+
+
+class ReadsItsFeatureFile(Method):
+    """Opens the file behind the feature reference it was handed and notes (a digest of) every
+    row there, in a report file: a memory-mapped corpus's cache file holds the held-out pool
+    too, whose features a method must never see in meta-training (DESIGN §2, ``unseen``)."""
+
+    @dataclass
+    class Config:
+        report: str = ""
+
+    def meta_fit(self, train: MetaTrainSet) -> None:
+        self.rate_ = train.y.mean(dim=0, keepdim=True)
+        path = train.features._file[0] if train.features.file_backed else None
+        reached = [] if path is None else [_digest(row) for row in np.load(path, mmap_mode="r")]
+        with open(self.config.report, "a") as f:
+            f.write(json.dumps({"own": len(train.features), "reached": reached}) + "\n")
+
+    def adapt(self, support: LabelledItems) -> FixedProbabilities:
+        rate = self.rate_
+        return FixedProbabilities(lambda x: torch.logit(rate.expand(len(x), -1), eps=1e-4))
+
+
+def _digest(row: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(row, dtype=np.float16).tobytes()).hexdigest()
+
+
+def test_a_sealed_worker_cannot_reach_held_out_features_through_its_feature_file(float16_task, tmp_path,
+                                                                                   monkeypatch):
+    task = float16_task
+    heldout = {_digest(task.features[u]) for u in np.flatnonzero(~task.train_pool)}
+    assert heldout
+    unsealed = tmp_path / "unsealed.jsonl"
+    ReadsItsFeatureFile(ReadsItsFeatureFile.Config(str(unsealed))).meta_fit(MetaTrainSet(task, task.folds[0]))
+    assert heldout <= set(json.loads(unsealed.read_text())["reached"]), "the trick must work unsealed"
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "private"))
+    (tmp_path / "private").mkdir()
+    sealed = tmp_path / "sealed.jsonl"
+    run(ReadsItsFeatureFile(ReadsItsFeatureFile.Config(str(sealed))), task, [1], ["unseen"])
+    reports = [json.loads(line) for line in sealed.read_text().splitlines()]
+    assert len(reports) == len(task.folds)
+    folds = [sorted(_digest(row) for row in MetaTrainSet(task, fold).features[:].numpy()) for fold in task.folds]
+    for report in reports:  # folds meta-fit in parallel: the reports come in either order
+        assert len(report["reached"]) == report["own"]  # its own rows, nothing else
+        assert sorted(report["reached"]) in folds
+        assert not heldout & set(report["reached"])
+    assert not list((tmp_path / "private").glob("perserbench-sealed-*"))  # the private copies are gone
+
+
+def test_a_sealed_copy_is_the_same_rows_in_the_stored_dtype(float16_task, tmp_path, monkeypatch):
+    train = MetaTrainSet(float16_task, float16_task.folds[1])
+    monkeypatch.setattr(featurerows, "BATCH_BYTES", 5 * train.features.row_bytes)  # several batches
+    copy = train.sealed_copy(tmp_path)
+    assert copy.features.file_backed and copy.features._file[0] == str((tmp_path / "features.npy").resolve())
+    assert np.load(tmp_path / "features.npy", mmap_mode="r").dtype == np.float16
+    assert torch.equal(copy.features[:], train.features[:]) and torch.equal(copy.y, train.y)
+    assert copy.listeners == train.listeners and torch.equal(copy.utterance, train.utterance)
+    in_memory = MetaTrainSet(load_task("synthetic"), load_task("synthetic").folds[0])
+    assert in_memory.sealed_copy(tmp_path / "unused") is in_memory
