@@ -160,8 +160,9 @@ class FeatureRows:
         n, mean, m2 = 0, None, None
         for _, batch in self.batches():
             b = batch.double()
+            del batch  # in place from here: one float64 batch alive, not four (~1 GB less per worker)
             nb, mb = len(b), b.mean(dim=0)
-            m2b = (b - mb).square().sum(dim=0)
+            m2b = b.sub_(mb).square_().sum(dim=0)
             if mean is None:
                 n, mean, m2 = nb, mb, m2b
                 continue
