@@ -37,8 +37,8 @@ kilobytes, and reopens the paths where it is unpickled. Such a reference reaches
 its files, the held-out utterances' included, so the runner never ships the cache's own files to
 a sealed fold worker: it first writes the fold's rows, and only those, into a private file
 (:meth:`FeatureRows.sealed_copy`, streamed a batch at a time in the stored dtype) and ships a
-reference to that (:mod:`perserbench.sealed`; hostile-plugin tests in tests/test_scale.py and
-tests/test_real_memory.py). What stays open is the route around the API that in-memory corpora
+reference to that (:mod:`perserbench.sealed`; a hostile-plugin test in tests/test_scale.py, on
+both layouts). What stays open is the route around the API that in-memory corpora
 share: code that opens the feature cache on disk by itself (DESIGN §2).
 """
 
