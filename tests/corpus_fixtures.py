@@ -246,3 +246,45 @@ def write_tiny_wavlm(folder: Path, seed: int = 0, layers: int = 2, hidden: int =
     Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16_000, padding_value=0.0, do_normalize=True,
                              return_attention_mask=True).save_pretrained(folder)
     return folder
+
+
+# ------------------------------------------------------------------------- cached features
+CACHED_TASK = """
+name = "manifest-cached"
+version = "0.1"
+[corpus]
+name = "manifest"
+features = "tiny-wavlm"
+labels = ["angry", "calm", "happy", "sad"]
+options = {{ path = "{path}", cache_dir = "{cache}" }}
+[listeners]
+folds = 2
+seed = 1
+[utterances]
+split = "session"
+heldout = ["sess1"]
+[episodes]
+shots = [1, 2]
+query = 3
+min_query = 2
+episodes = 1
+seed = 4
+"""
+
+
+def write_cached_task(folder: Path, model: Path, utterances: int = 16, listeners: int = 6) -> Path:
+    """A task file on a manifest corpus with audio whose tiny-WavLM features (3 layers × 32) are
+    in the feature cache ``folder/cache``. The manifest is rewritten in reverse order after the
+    extraction, so the corpus's row ``r`` is cache row ``utterances - 1 - r``: a test that reads
+    the wrong row through the corpus-row → cache-row map sees other values."""
+    from perserbench.data import load_corpus
+    from perserbench.features.cache import extract_features
+
+    path, _ = write_manifest(folder / "corpus", utterances=utterances, listeners=listeners)
+    corpus = load_corpus("manifest", path=str(path), cache_dir=str(folder / "cache"))
+    extract_features(corpus, str(model), key="tiny-wavlm")
+    header, *rows = path.read_text().splitlines()
+    path.write_text("\n".join([header, *rows[::-1]]) + "\n")
+    task = folder / "manifest-cached.toml"
+    task.write_text(CACHED_TASK.format(path=path, cache=folder / "cache"))
+    return task

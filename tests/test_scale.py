@@ -187,9 +187,10 @@ def test_the_scale_task_is_msp_podcast_shaped_and_never_ranked():
 
 
 class ReadsItsFeatureFile(Method):
-    """Opens the file behind the feature reference it was handed and notes (a digest of) every
-    row there, in a report file: a memory-mapped corpus's cache file holds the held-out pool
-    too, whose features a method must never see in meta-training (DESIGN §2, ``unseen``)."""
+    """Opens the files behind the feature reference it was handed and notes (a digest of the
+    first layer of) every row there, in a report file: a file-backed corpus's feature files (one
+    ``[N, L, D]`` file, or the cache's layer files) hold the held-out pool too, whose features a
+    method must never see in meta-training (DESIGN §2, ``unseen``)."""
 
     @dataclass
     class Config:
@@ -197,8 +198,7 @@ class ReadsItsFeatureFile(Method):
 
     def meta_fit(self, train: MetaTrainSet) -> None:
         self.rate_ = train.y.mean(dim=0, keepdim=True)
-        path = train.features._file[0] if train.features.file_backed else None
-        reached = [] if path is None else [_digest(row) for row in np.load(path, mmap_mode="r")]
+        reached = [_digest(row) for path in train.features.files for row in np.load(path, mmap_mode="r")]
         with open(self.config.report, "a") as f:
             f.write(json.dumps({"own": len(train.features), "reached": reached}) + "\n")
 
@@ -208,12 +208,29 @@ class ReadsItsFeatureFile(Method):
 
 
 def _digest(row: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(row, dtype=np.float16).tobytes()).hexdigest()
+    """Of a row's first layer: ``[L, D]`` (a task's row, an ``[N, L, D]`` file's) or ``[D]`` (a layer file's)."""
+    first = np.reshape(row, (-1, np.shape(row)[-1]))[0]
+    return hashlib.sha1(np.ascontiguousarray(first, dtype=np.float32).tobytes()).hexdigest()
 
 
-def test_a_sealed_worker_cannot_reach_held_out_features_through_its_feature_file(float16_task, tmp_path,
+@pytest.fixture
+def mapped_cache_task(tmp_path_factory, monkeypatch):
+    """A real-format corpus whose cached per-layer features load as MappedFeatures."""
+    from corpus_fixtures import write_cached_task, write_tiny_wavlm
+
+    from perserbench.features import cache as feature_cache
+
+    folder = tmp_path_factory.mktemp("cached")
+    task = write_cached_task(folder, write_tiny_wavlm(folder / "tiny-wavlm"))
+    monkeypatch.setattr(feature_cache, "IN_MEMORY_BYTES", 0)
+    return load_task(task)
+
+
+@pytest.mark.parametrize("source", ["float16_task", "mapped_cache_task"])
+def test_a_sealed_worker_cannot_reach_held_out_features_through_its_feature_file(source, request, tmp_path,
                                                                                    monkeypatch):
-    task = float16_task
+    task = request.getfixturevalue(source)
+    assert FeatureRows(task.features).file_backed
     heldout = {_digest(task.features[u]) for u in np.flatnonzero(~task.train_pool)}
     assert heldout
     unsealed = tmp_path / "unsealed.jsonl"
@@ -238,7 +255,7 @@ def test_a_sealed_copy_is_the_same_rows_in_the_stored_dtype(float16_task, tmp_pa
     train = MetaTrainSet(float16_task, float16_task.folds[1])
     monkeypatch.setattr(featurerows, "BATCH_BYTES", 5 * train.features.row_bytes)  # several batches
     copy = train.sealed_copy(tmp_path)
-    assert copy.features.file_backed and copy.features._file[0] == str((tmp_path / "features.npy").resolve())
+    assert copy.features.file_backed and copy.features.files == (str((tmp_path / "features.npy").resolve()),)
     assert np.load(tmp_path / "features.npy", mmap_mode="r").dtype == np.float16
     assert torch.equal(copy.features[:], train.features[:]) and torch.equal(copy.y, train.y)
     assert copy.listeners == train.listeners and torch.equal(copy.utterance, train.utterance)

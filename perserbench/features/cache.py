@@ -26,6 +26,17 @@ and an extraction writes into preallocated memory maps in ``<key>.partial`` with
 ``done.npy`` row mask saved after every batch, so a killed extraction resumes at the first
 unfinished batch. The finished folder is moved into place with one ``rename``: readers see
 the old complete entry or the new complete entry, never a partial one.
+
+Memory: a run never builds an entry's whole ``[N, L, D]`` array unless it is small. Up to
+:data:`IN_MEMORY_BYTES` of float32 (128 MiB, one batch of
+:class:`~perserbench.featurerows.FeatureRows`) :func:`load_cached_features` returns an array in
+memory; a larger entry (MSP-Podcast with WavLM-Large is 15 GB as float32) comes back as a
+:class:`~perserbench.featurerows.MappedFeatures` over the layer files and the corpus-row →
+cache-row map, read a batch at a time through memory maps that are dropped as it goes. The
+values are the stored float32 values either way, so results do not depend on which one a run
+gets. Small entries stay in memory because an array is a snapshot of what was checked at load,
+immune to anything later done to the files in place; a mapped entry keeps its files open, which
+covers replacement (a re-extraction renames a new entry into place) but not damage in place.
 """
 
 from __future__ import annotations
@@ -42,13 +53,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from perserbench.data.corpus import Corpus
 from perserbench.errors import PerserbenchError
 from perserbench.results import write_atomic
+
+if TYPE_CHECKING:
+    from perserbench.featurerows import FeatureArray
 
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
@@ -58,6 +72,7 @@ SHARDS = "shards"  # finished Ray shards not yet copied into the layer files
 EXECUTORS = ("local", "ray")
 FORMAT_VERSION = 2  # 2: per-layer-file size and SHA-256 (damage detection)
 DEFAULT_BATCH_SECONDS = 32.0
+IN_MEMORY_BYTES = 128 * 2**20  # float32 size up to which a run holds an entry in memory (one FeatureRows batch)
 
 Progress = Callable[[float, int], None]  # (audio seconds done in this call, rows done in this call)
 
@@ -538,8 +553,11 @@ def extract_command(corpus: Corpus, key: str) -> str:
     return f"perserbench features extract --corpus {corpus.name} --root {root} --upstream UPSTREAM --key {key}"
 
 
-def load_cached_features(corpus: Corpus, key: str, cache_dir: str | Path | None = None) -> np.ndarray:
-    """The cached features ``[N_utterances, L, D]`` of ``corpus`` (row order = its utterances).
+def load_cached_features(corpus: Corpus, key: str, cache_dir: str | Path | None = None) -> FeatureArray:
+    """The cached features ``[N_utterances, L, D]`` of ``corpus`` (row order = its utterances),
+    float32: up to :data:`IN_MEMORY_BYTES` an array in memory, beyond that a
+    :class:`~perserbench.featurerows.MappedFeatures` over the layer files, which reads rows on
+    demand (the same floats: module docstring, "Memory").
 
     Errors name the command to run when the features were never extracted, when utterances
     are missing from the cache, or when an audio file changed since extraction.
@@ -577,10 +595,13 @@ def load_cached_features(corpus: Corpus, key: str, cache_dir: str | Path | None 
             f"{len(missing)} utterances of corpus {corpus.name!r} have no cached features {key!r} "
             f"(first: {missing[0]}); run: {extract_command(corpus, key)}"
         )
-    out = np.empty((len(rows), manifest["shapes"]["layers"], manifest["shapes"]["dim"]), dtype=np.float32)
-    for i, record in enumerate(manifest["layer_files"]):
-        out[:, i, :] = np.load(entry / record["name"], mmap_mode="r")[rows]
-    return out
+    from perserbench.featurerows import MappedFeatures  # torch: only when features are read
+
+    features = MappedFeatures([np.load(entry / record["name"], mmap_mode="r") for record in manifest["layer_files"]],
+                              rows)
+    if 4 * features.shape[0] * features.shape[1] * features.shape[2] > IN_MEMORY_BYTES:
+        return features
+    return features[:]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from perserbench.data import Corpus, load_corpus
 from perserbench.data.loading import OptionError
 from perserbench.errors import PerserbenchError
 from perserbench.inputs import read_text
+
+if TYPE_CHECKING:
+    from perserbench.featurerows import FeatureArray
 
 SCENARIOS = ("seen", "unseen")
 SPLIT_FIELDS = ("session", "speaker")
@@ -289,7 +292,7 @@ class ResolvedTask:
 
     spec: TaskSpec
     corpus: Corpus
-    features: np.ndarray  # float32 or float16 [N, L, D], in memory or memory-mapped (read rows, never all)
+    features: FeatureArray  # float32 or float16 [N, L, D], in memory or file-backed (read rows, never all)
     train_pool: np.ndarray  # bool [N]: utterance may be used for training
     folds: tuple[ListenerFold, ...]
 
@@ -330,17 +333,17 @@ def load_task(name_or_path: str | Path, corpus_options: dict[str, Any] | None = 
     return resolve_task(load_task_spec(name_or_path), corpus_options)
 
 
-def _features(corpus: Corpus, key: str) -> np.ndarray:
+def _features(corpus: Corpus, key: str) -> FeatureArray:
     fix = "fix the features"
     if key in corpus.features:
         feats = corpus.features[key]
+        if not (isinstance(feats, np.ndarray) and feats.dtype in (np.float16, np.float32)):
+            feats = np.asarray(feats, dtype=np.float32)  # a memory map of float16/32 stays a map
     else:
         from perserbench.features.cache import extract_command, load_cached_features
 
-        feats = load_cached_features(corpus, key)
+        feats = load_cached_features(corpus, key)  # float32, in memory or MappedFeatures
         fix = f"check the audio and extract again: {extract_command(corpus, key)} --force"
-    if not (isinstance(feats, np.ndarray) and feats.dtype in (np.float16, np.float32)):
-        feats = np.asarray(feats, dtype=np.float32)  # a memory map of float16/32 stays a map
     if feats.ndim != 3 or feats.shape[0] != len(corpus.utterances):
         raise PerserbenchError(
             f"features {key!r} have shape {feats.shape}; expected [{len(corpus.utterances)}, layers, dim]"
@@ -358,11 +361,11 @@ def _features(corpus: Corpus, key: str) -> np.ndarray:
     return feats
 
 
-def _finite_rows(feats: np.ndarray) -> np.ndarray:
-    """bool [N]: the row holds no NaN or inf. A memory map is checked a batch at a time through
-    maps of its own (:class:`~perserbench.featurerows.FeatureRows`), so the check leaves no
-    file pages resident in this process."""
-    if not isinstance(feats, np.memmap):
+def _finite_rows(feats: FeatureArray) -> np.ndarray:
+    """bool [N]: the row holds no NaN or inf. File-backed features are checked a batch at a
+    time through maps of their own (:class:`~perserbench.featurerows.FeatureRows`), so the
+    check never holds the whole array and leaves no file pages resident in this process."""
+    if isinstance(feats, np.ndarray) and not isinstance(feats, np.memmap):
         return np.isfinite(feats).all(axis=(1, 2))
     from perserbench.featurerows import FeatureRows
 
