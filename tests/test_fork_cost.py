@@ -4,6 +4,7 @@ optimizer needs already imported by the forkserver instead of importing them aga
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import numpy as np
@@ -36,10 +37,13 @@ class _Probe:
 
 class ReportsPreloadedModules(Method):
     """Answers, as its 'probabilities', whether torch._dynamo and the forkserver's last preload
-    were already imported when meta_fit started, and the support's dtype was float32."""
+    were already imported when meta_fit started, whether the forkserver's objects were already
+    frozen out of the garbage collector's reach (torch alone is over 10^5 objects), and whether
+    the support's dtype was float32."""
 
     def meta_fit(self, train: MetaTrainSet) -> None:
-        self.flags_ = [float("torch._dynamo" in sys.modules), float("perserbench.forkserver_ready" in sys.modules)]
+        self.flags_ = [float("torch._dynamo" in sys.modules), float("perserbench.forkserver_ready" in sys.modules),
+                       float(gc.get_freeze_count() > 100_000)]
 
     def adapt(self, support: LabelledItems) -> _Probe:
         return _Probe(torch.tensor([[*self.flags_, float(support.x.dtype == torch.float32)]]))
@@ -54,5 +58,5 @@ def test_fold_workers_start_with_what_every_optimizer_imports(toy_task_file):
     support, query, _ = episode_items(task, sample_episodes(task, fold, "seen", 5)[0])
     with SealedMethod(ReportsPreloadedModules(seed=0), MetaTrainSet(task, fold), 0) as sealed:
         [prediction] = sealed.predict([support], [query], torch_seed=0)
-    assert prediction.proba.shape == (len(query), 3)
+    assert prediction.proba.shape == (len(query), 4)
     assert (prediction.proba == 1.0).all()
