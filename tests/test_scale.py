@@ -10,6 +10,7 @@ import json
 import pickle
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,6 +112,21 @@ def test_feature_rows_read_through_the_map_equal_the_in_memory_rows(tmp_path, mo
         file[torch.tensor([7])]
     # a file-backed set pickles as a reference to the file, not as its rows
     assert len(pickle.dumps(file)) < 2000 and torch.equal(pickle.loads(pickle.dumps(file))[idx], memory[idx])
+
+
+def test_rows_are_read_without_mapping_the_file_and_a_short_file_says_so(tmp_path):
+    data = np.random.default_rng(2).normal(size=(40, 2, 5)).astype(np.float16)
+    path = tmp_path / "x.npy"
+    np.save(path, data)
+    rows = FeatureRows(np.load(path, mmap_mode="r"))
+    before = Path("/proc/self/maps").read_text().count(str(path))
+    idx = torch.tensor([39, 0, 1, 2, 17, 18, 5])  # unsorted, with runs of consecutive rows
+    assert torch.equal(rows[idx], torch.from_numpy(data.astype(np.float32))[idx])
+    assert Path("/proc/self/maps").read_text().count(str(path)) == before  # read, never mapped
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size - 100)
+    with pytest.raises(OSError, match=r"bytes short reading features .*truncated file"):
+        rows[torch.tensor([39])]
 
 
 def test_one_batch_reductions_are_exactly_the_tensor_computation():
