@@ -40,6 +40,16 @@ def machine() -> str:
             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy since boot (``/proc/stat``): the
+    difference over the suite is the CPU the suite used, its own processes and whatever else
+    ran (so measure on a quiet machine). Per-process accounting cannot give this: isolation
+    units are reaped by the kernel, so their CPU reaches no parent's ``RUSAGE_CHILDREN``."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def check(outcomes: list[Outcome], new_dir: Path, reference: Path) -> list[str]:
     """Names of new results whose episode records differ from (or are missing in) ``reference``."""
     bad = []
@@ -71,14 +81,17 @@ def main() -> None:
             sys.exit(f"error: {args.keep} already holds results; timing needs an empty folder")
         print(f"machine: {machine()}", flush=True)
         load_before = os.getloadavg()
+        busy_before = busy_cpu_seconds()
         start = time.perf_counter()
         outcomes = execute(runs, out, args.jobs, lambda o: print(
             f"  {o.run.task:32s} {o.run.method:12s} {o.seconds:6.1f}s", flush=True))
         wall = time.perf_counter() - start
+        busy = busy_cpu_seconds() - busy_before
         load_after = os.getloadavg()
         print(f"suite: {len(outcomes)} runs in {wall:.0f}s wall ({wall / 60:.1f} min) with --jobs {args.jobs}; "
               f"sum of run times {sum(o.seconds for o in outcomes):.0f}s; load average (1/5/15 min) "
-              f"before {'/'.join(f'{x:.1f}' for x in load_before)}, after {'/'.join(f'{x:.1f}' for x in load_after)}")
+              f"before {'/'.join(f'{x:.1f}' for x in load_before)}, after {'/'.join(f'{x:.1f}' for x in load_after)}; "
+              f"machine CPU busy {busy:.0f} CPU-s ({busy / wall:.2f} of {len(os.sched_getaffinity(0))} cores)")
         if not args.no_check:
             bad = check(outcomes, out, args.check)
             print(f"check against {args.check}: " + ("every run's episode records identical" if not bad else
