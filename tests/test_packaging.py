@@ -77,11 +77,16 @@ def test_wheel_check_names_a_stray_module_and_a_missing_spec():
 
 def test_readme_python_example_runs_as_written(tmp_path):
     """Extracted from README.md and run as a script (with its main guard) in a folder that is
-    not the checkout; prints the per-listener frame of all 16 test listeners and the summary."""
+    not the checkout; prints the per-listener frame of all 16 test listeners and the summary.
+
+    One line is put in front of it: a note in a file each time the script's module runs. The
+    script runs once; the sealed fold workers (four folds, two runs) never run it again
+    (``perserbench.sealed._without_main_module``: each re-run cost a fold worker ~0.9 CPU-s)."""
     code = _release_check().readme_example((REPO / "README.md").read_text(encoding="utf-8"))
     assert 'if __name__ == "__main__":' in code and "class " in code
     script = tmp_path / "example.py"
-    script.write_text(code)
+    runs = tmp_path / "module-runs.txt"
+    script.write_text(f"open({str(runs)!r}, 'a').write(__name__ + '\\n')\n" + code)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("PERSERBENCH_TASKS", None)
     proc = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, cwd=tmp_path,
@@ -89,6 +94,7 @@ def test_readme_python_example_runs_as_written(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert set(re.findall(r"\bE\d\d\b", proc.stdout)) == {f"E{i:02d}" for i in range(1, 17)}, proc.stdout
     assert "personal-knn" in proc.stdout and "consensus" in proc.stdout
+    assert runs.read_text().split() == ["__main__"]
 
 
 def test_git_revision_only_of_a_perserbench_checkout(tmp_path, monkeypatch):

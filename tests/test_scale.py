@@ -253,8 +253,14 @@ def test_a_sealed_worker_cannot_reach_held_out_features_through_its_feature_file
     ReadsItsFeatureFile(ReadsItsFeatureFile.Config(str(unsealed))).meta_fit(MetaTrainSet(task, task.folds[0]))
     assert heldout <= set(json.loads(unsealed.read_text())["reached"]), "the trick must work unsealed"
 
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "private"))
-    (tmp_path / "private").mkdir()
+    made: list[str] = []  # the private folders the runner makes (not multiprocessing's own)
+
+    def mkdtemp(*args, **kwargs):
+        made.append(real_mkdtemp(*args, **kwargs))
+        return made[-1]
+
+    real_mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
     sealed = tmp_path / "sealed.jsonl"
     run(ReadsItsFeatureFile(ReadsItsFeatureFile.Config(str(sealed))), task, [1], ["unseen"])
     reports = [json.loads(line) for line in sealed.read_text().splitlines()]
@@ -264,7 +270,8 @@ def test_a_sealed_worker_cannot_reach_held_out_features_through_its_feature_file
         assert len(report["reached"]) == report["own"]  # its own rows, nothing else
         assert sorted(report["reached"]) in folds
         assert not heldout & set(report["reached"])
-    assert not list((tmp_path / "private").glob("perserbench-sealed-*"))  # the private copies are gone
+    private = [Path(p) for p in made if Path(p).name.startswith("perserbench-sealed-")]
+    assert len(private) == len(task.folds) and not any(p.exists() for p in private)  # made, and gone
 
 
 def test_a_sealed_copy_is_the_same_rows_in_the_stored_dtype(float16_task, tmp_path, monkeypatch):
