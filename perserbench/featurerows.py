@@ -55,6 +55,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from perserbench.npyfile import write_npy
+
 BATCH_BYTES = 128 * 2**20  # float32 bytes per batch of a whole-set pass (and per read buffer)
 
 Index = torch.Tensor | np.ndarray | slice | int
@@ -172,13 +174,9 @@ class MappedFeatures:
         """These rows, and no other, into the new ``.npy`` file ``path`` as one ``[N, L, D]``
         array in the stored dtype, a batch at a time with plain writes (nothing of it stays in
         this process's resident set)."""
-        header = np.lib.format.open_memmap(path, mode="w+", dtype=self.dtype, shape=self.shape)
-        offset = header.offset
-        del header
         step = _batch_rows(*self.shape[1:])
-        with open(path, "r+b") as f:
-            f.seek(offset)
-            f.writelines(self.take(slice(start, start + step)).tobytes() for start in range(0, len(self), step))
+        write_npy(path, self.dtype, self.shape,
+                  (self.take(slice(start, start + step)).tobytes() for start in range(0, len(self), step)))
 
     # ------------------------------------------------------------------ pickling
 

@@ -143,9 +143,11 @@ class SealedMethod:
 
     def __init__(self, method: Method, train: MetaTrainSet, torch_seed: int) -> None:
         self.name = method.name or type(method).__name__
-        self._private = Path(tempfile.mkdtemp(prefix="perserbench-sealed-"))
-        self._cleanup = weakref.finalize(self, shutil.rmtree, self._private, ignore_errors=True)
-        train = train.sealed_copy(self._private)
+        self._cleanup: weakref.finalize | None = None
+        if train.features.file_backed:  # in-memory features pickle as the fold's rows alone already
+            private = Path(tempfile.mkdtemp(prefix="perserbench-sealed-"))
+            self._cleanup = weakref.finalize(self, shutil.rmtree, private, ignore_errors=True)
+            train = train.sealed_copy(private)
         parent, child = _context().Pipe(duplex=True)
         self._conn: Connection = parent
         self._process = _context().Process(target=_fold_worker, args=(child,), daemon=True,
@@ -183,7 +185,8 @@ class SealedMethod:
                 self._process.kill()
                 self._process.join()
         self._conn.close()
-        self._cleanup()
+        if self._cleanup is not None:
+            self._cleanup()
 
     def _expect(self, kind: str, stage: str) -> tuple[Any, ...]:
         try:

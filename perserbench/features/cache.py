@@ -32,7 +32,7 @@ Memory: a run never builds an entry's whole ``[N, L, D]`` array unless it is sma
 :class:`~perserbench.featurerows.FeatureRows`) :func:`load_cached_features` returns an array in
 memory; a larger entry (MSP-Podcast with WavLM-Large is 15 GB as float32) comes back as a
 :class:`~perserbench.featurerows.MappedFeatures` over the layer files and the corpus-row →
-cache-row map, read a batch at a time through memory maps that are dropped as it goes. The
+cache-row map, read a batch at a time with positioned reads (no memory map stays open). The
 values are the stored float32 values either way, so results do not depend on which one a run
 gets. Small entries stay in memory because an array is a snapshot of what was checked at load,
 immune to anything later done to the files in place; a mapped entry keeps its files open, which

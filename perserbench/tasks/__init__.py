@@ -363,8 +363,8 @@ def _features(corpus: Corpus, key: str) -> FeatureArray:
 
 def _finite_rows(feats: FeatureArray) -> np.ndarray:
     """bool [N]: the row holds no NaN or inf. File-backed features are checked a batch at a
-    time through maps of their own (:class:`~perserbench.featurerows.FeatureRows`), so the
-    check never holds the whole array and leaves no file pages resident in this process."""
+    time (:class:`~perserbench.featurerows.FeatureRows`, positioned reads), so the check never
+    holds the whole array and leaves no file pages resident in this process."""
     if isinstance(feats, np.ndarray) and not isinstance(feats, np.memmap):
         return np.isfinite(feats).all(axis=(1, 2))
     from perserbench.featurerows import FeatureRows

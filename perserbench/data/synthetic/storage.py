@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from perserbench.data.synthetic.world import FeatureRecipe
+from perserbench.npyfile import write_npy
 
 FORMAT = 1
 FOLDER = "synthetic-features"
@@ -40,19 +41,12 @@ def feature_path(seed: int, utterances: int, layers: int, dim: int, dtype: str,
 def write_features(recipe: FeatureRecipe, path: Path, dtype: str) -> None:
     """Stream every chunk of ``recipe`` into the ``.npy`` file ``path``, atomically (a
     ``.partial`` file renamed when complete). Memory: one chunk, never the whole array. The
-    chunks are written with plain file writes after the header, not through a map, so the
-    written pages sit in the page cache and never in this process's resident set."""
+    chunks are written with plain file writes (:func:`perserbench.npyfile.write_npy`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
     try:
-        header = np.lib.format.open_memmap(partial, mode="w+", dtype=np.dtype(dtype), shape=recipe.shape)
-        offset = header.offset
-        del header
-        with open(partial, "r+b") as f:
-            f.seek(offset)
-            f.writelines(recipe.chunk(c).astype(dtype).tobytes() for c in range(recipe.chunks))
-            f.flush()
-            os.fsync(f.fileno())
+        write_npy(partial, np.dtype(dtype), recipe.shape,
+                  (recipe.chunk(c).astype(dtype).tobytes() for c in range(recipe.chunks)), sync=True)
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)
