@@ -64,6 +64,12 @@ def _load_all() -> None:
         _SOURCES[ep.name] = f"plugin {dist.name if dist else ep.value}"
 
 
+def registered_modules() -> list[str]:
+    """The modules that define the methods registered so far (entry points not loaded yet
+    are not listed)."""
+    return sorted({cls.__module__ for cls in _REGISTRY.values()})
+
+
 def method_names() -> list[str]:
     _load_all()
     return sorted(_REGISTRY)

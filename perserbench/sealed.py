@@ -5,7 +5,8 @@ the meta-fitted state and *that episode's support alone*. A docstring cannot enf
 processes can. The runner never calls a method in its own process. Instead:
 
 * **One fold worker per (seed, fold)**, forked from a multiprocessing *forkserver*. The
-  forkserver is a fresh interpreter that has imported torch and perserbench and nothing else,
+  forkserver is a fresh interpreter that has imported torch, perserbench and the modules that
+  define the methods to run (:func:`method_modules`: code, never data) and nothing else,
   so the worker starts with no task, corpus, annotation table or ground truth anywhere in its
   memory (``gc.get_objects()`` or the call stack shows none). It receives the method (pickled
   with cloudpickle, so a class defined in a notebook works too) and the fold's
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import multiprocessing
 import os
 import pickle
@@ -51,7 +53,7 @@ import traceback
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from multiprocessing import spawn
+from multiprocessing import forkserver, spawn
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
 from pathlib import Path
@@ -66,6 +68,8 @@ from perserbench.errors import PerserbenchError
 from perserbench.method import Method
 
 _CONTEXT: multiprocessing.context.BaseContext | None = None
+_EXTRA_PRELOAD: list[str] = []
+PRELOAD_ENV = "PERSERBENCH_FORKSERVER_PRELOAD"  # set only while the forkserver starts (see _context)
 
 
 class MethodError(PerserbenchError):
@@ -88,8 +92,9 @@ def preload_modules() -> list[str]:
     ``__init__`` is wrapped in ``torch._disable_dynamo``), about 900 modules (sympy, triton,
     torch.distributed, …) and 1.5 s of CPU that each fold worker paid again before any
     training step. Code only, never data: the workers still start with no task, corpus or
-    ground truth in memory. Last, :mod:`perserbench.forkserver_ready` backs all of it with
-    huge pages, which makes every later fork cheaper."""
+    ground truth in memory. Last, :mod:`perserbench.forkserver_ready` imports the modules that
+    define the methods to run (:func:`method_modules`) and backs all of it with huge pages,
+    which makes every later fork cheaper."""
     from perserbench import methods
 
     builtins = [f"perserbench.methods.{m.name}" for m in pkgutil.iter_modules(methods.__path__)
@@ -97,14 +102,47 @@ def preload_modules() -> list[str]:
     return ["perserbench.sealed", "torch._dynamo", *builtins, "perserbench.forkserver_ready"]
 
 
-def _context() -> multiprocessing.context.BaseContext:
+def preload(*modules: str) -> None:
+    """Have the forkserver also import ``modules`` (names, as ``import`` takes them) when it
+    starts. For a process that runs methods from several modules of its own (a sweep over your
+    plugins, a test suite): a fold worker imports the module of the method it is sent unless
+    the forkserver has, once per (seed, fold), which costs whatever that import costs (a test
+    module that imports pytest and scipy: about 1 CPU-s per fold worker). No effect once the
+    forkserver runs (the first sealed run of the process starts it)."""
+    _EXTRA_PRELOAD.extend(m for m in modules if m not in _EXTRA_PRELOAD)
+
+
+def method_modules(method: Method) -> list[str]:
+    """The modules besides perserbench that the forkserver imports for ``method``'s run: the
+    method's own, every registered method's (plugins, a conftest's), and :func:`preload`'s.
+    A class defined in ``__main__`` travels by value instead (cloudpickle), and a module that
+    is not importable by name (no ``__spec__``) is left to the worker."""
+    from perserbench.registry import registered_modules
+
+    derived = [type(method).__module__, *registered_modules()]
+    importable = [m for m in derived if m != "__main__" and getattr(sys.modules.get(m), "__spec__", None) is not None]
+    return list(dict.fromkeys([*importable, *_EXTRA_PRELOAD]))
+
+
+def _context(method: Method) -> multiprocessing.context.BaseContext:
     """The forkserver context, its server preloaded with what every worker needs
     (:func:`preload_modules`, so a worker starts in milliseconds) and with nothing the runner
-    holds."""
+    holds. The first call starts the server for ``method`` (:func:`method_modules`).
+
+    The server gets this process's ``sys.path`` for those imports (a module found through a
+    path added at run time, such as a test folder): Python 3.11's forkserver is handed it but
+    never applies it, while the fold workers it forks do. Both travel in an environment
+    variable that exists only while the server starts, and that
+    :mod:`perserbench.forkserver_ready` removes from the server's environment."""
     global _CONTEXT
     if _CONTEXT is None:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(preload_modules())
+        os.environ[PRELOAD_ENV] = json.dumps({"sys_path": [str(p) for p in sys.path], "modules": method_modules(method)})
+        try:
+            forkserver.ensure_running()
+        finally:
+            os.environ.pop(PRELOAD_ENV, None)
         _CONTEXT = ctx
     return _CONTEXT
 
@@ -148,9 +186,10 @@ class SealedMethod:
             private = Path(tempfile.mkdtemp(prefix="perserbench-sealed-"))
             self._cleanup = weakref.finalize(self, shutil.rmtree, private, ignore_errors=True)
             train = train.sealed_copy(private)
-        parent, child = _context().Pipe(duplex=True)
+        context = _context(method)
+        parent, child = context.Pipe(duplex=True)
         self._conn: Connection = parent
-        self._process = _context().Process(target=_fold_worker, args=(child,), daemon=True,
+        self._process = context.Process(target=_fold_worker, args=(child,), daemon=True,
                                            name=f"perserbench-{self.name}")
         with _without_main_module():
             self._process.start()

@@ -4,6 +4,7 @@ tests run in milliseconds and do not depend on the synthetic corpus's calibratio
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -152,19 +153,29 @@ LONGEST_FIRST = ("test_leaderboard.py", "test_ray.py", "test_sealed.py", "test_r
                  "test_runner.py", "test_methods.py", "test_api.py")
 
 
+# Libraries that start a thread pool per process (torch's intra-op pool, OpenBLAS, MKL) size
+# it from these variables when they load.
+THREAD_POOL_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With pytest-xdist (``make test``: one worker per core), every worker and every process
+    a test starts gets one thread. With a pool per core in each worker, the two workers' pools
+    fight for the same cores, and an idle pool's threads spin before they sleep: measured on
+    the 2-core CI machine, the suite used 398 CPU-s and 208 s with the default pools against
+    352 CPU-s and 181 s with one thread each. Runs here before xdist starts its workers, which
+    inherit the environment; a variable already set is left alone."""
+    if getattr(config.option, "numprocesses", None) and "PYTEST_XDIST_WORKER" not in os.environ:
+        for var in THREAD_POOL_VARS:
+            os.environ.setdefault(var, "1")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
+    # Test modules define methods that run sealed: the forkserver imports them once, instead of
+    # every fold worker importing its method's test module again (pytest, scipy: ~1 CPU-s each).
+    from perserbench.sealed import preload
 
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """One local Ray cluster (2 CPUs) for the whole session: starting one costs seconds, so
-    every Ray test shares it. Ray is a test dependency (the dev extra): no skip when absent.
-    Its workers inherit this process's environment (PYTHONPATH), so they import perserbench
-    from this checkout, but never this test suite."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
+    preload(*sorted({m.__name__ for m in (getattr(item, "module", None) for item in items) if m is not None and any(
+        isinstance(v, type) and issubclass(v, Method) and v.__module__ == m.__name__ for v in vars(m).values())}))

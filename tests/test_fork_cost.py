@@ -1,10 +1,12 @@
 """What keeps sealed runs cheap (perserbench.sealed, perserbench.hugepages) changes no number:
 the huge-page hint leaves every byte as it was, and fold workers start with the modules every
-optimizer needs already imported by the forkserver instead of importing them again."""
+optimizer needs, and the module that defines their method, already imported by the forkserver
+instead of importing them again."""
 
 from __future__ import annotations
 
 import gc
+import os
 import sys
 
 import numpy as np
@@ -13,7 +15,10 @@ import torch
 from perserbench.episodes import Items, LabelledItems, MetaTrainSet, episode_items, sample_episodes
 from perserbench.hugepages import collapse_anonymous_memory
 from perserbench.method import Method
-from perserbench.sealed import SealedMethod, preload_modules
+from perserbench.registry import register_method
+from perserbench.sealed import SealedMethod, method_modules, preload_modules
+
+IMPORTED_IN = os.getpid()  # in a fold worker: the forkserver's pid when the forkserver imported this module
 
 
 def test_collapsing_into_huge_pages_changes_no_byte():
@@ -38,12 +43,14 @@ class _Probe:
 class ReportsPreloadedModules(Method):
     """Answers, as its 'probabilities', whether torch._dynamo and the forkserver's last preload
     were already imported when meta_fit started, whether the forkserver's objects were already
-    frozen out of the garbage collector's reach (torch alone is over 10^5 objects), and whether
-    the support's dtype was float32."""
+    frozen out of the garbage collector's reach (torch alone is over 10^5 objects), whether
+    this module was imported by another process (the forkserver: it is found through the test
+    folder, a path pytest adds at run time, and conftest asks for it), and whether the
+    support's dtype was float32."""
 
     def meta_fit(self, train: MetaTrainSet) -> None:
         self.flags_ = [float("torch._dynamo" in sys.modules), float("perserbench.forkserver_ready" in sys.modules),
-                       float(gc.get_freeze_count() > 100_000)]
+                       float(gc.get_freeze_count() > 100_000), float(IMPORTED_IN != os.getpid())]
 
     def adapt(self, support: LabelledItems) -> _Probe:
         return _Probe(torch.tensor([[*self.flags_, float(support.x.dtype == torch.float32)]]))
@@ -58,5 +65,24 @@ def test_fold_workers_start_with_what_every_optimizer_imports(toy_task_file):
     support, query, _ = episode_items(task, sample_episodes(task, fold, "seen", 5)[0])
     with SealedMethod(ReportsPreloadedModules(seed=0), MetaTrainSet(task, fold), 0) as sealed:
         [prediction] = sealed.predict([support], [query], torch_seed=0)
-    assert prediction.proba.shape == (len(query), 4)
-    assert (prediction.proba == 1.0).all()
+    assert prediction.proba.shape == (len(query), 5)
+    assert prediction.proba.tolist()[0] == [1.0] * 5
+
+
+class _Registered(Method):
+    pass
+
+
+def test_the_forkserver_imports_the_modules_of_the_run_and_of_registered_methods(monkeypatch):
+    from perserbench import registry, sealed
+
+    consensus = registry.get_method("consensus")
+    monkeypatch.setattr(sealed, "_EXTRA_PRELOAD", ["my_plugin_helpers"])
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    monkeypatch.setattr(registry, "_SOURCES", {})
+    register_method("registered-here")(_Registered)
+    assert method_modules(ReportsPreloadedModules(seed=0)) == [__name__, "my_plugin_helpers"]
+    main_class = type("InMain", (ReportsPreloadedModules,), {"__module__": "__main__"})  # travels by value: nothing to import
+    assert method_modules(main_class(seed=0)) == [__name__, "my_plugin_helpers"]
+    monkeypatch.setattr(registry, "_REGISTRY", {"consensus": consensus})
+    assert method_modules(main_class(seed=0)) == ["perserbench.methods.consensus", "my_plugin_helpers"]

@@ -31,6 +31,21 @@ BATCH_SECONDS = 0.8  # 10 clips of 0.15-0.35 s: 5 batches, padded to their longe
 
 
 @pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray cluster (2 CPUs) for this file's tests: starting one costs seconds, so
+    they share it; it stops when they are done, because an idle cluster still uses CPU
+    (measured: 3.4 CPU-s a minute) that the rest of the suite would pay for. Ray is a test
+    dependency (the dev extra): no skip when absent. Its workers inherit this process's
+    environment (PYTHONPATH), so they import perserbench from this checkout, but never this
+    test suite."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
 def tiny_wavlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_wavlm(tmp_path_factory.mktemp("up") / "tiny-wavlm")
 
@@ -97,6 +112,7 @@ def test_killed_worker_mid_extraction_then_the_same_command_completes(ray_cluste
 
     args = {"key": "k", "batch_seconds": BATCH_SECONDS, "executor": "ray", "shards": 3}
     monkeypatch.setattr(sharded, "extract_shard", killing)
+    monkeypatch.setattr(sharded, "RAY_RETRIES", 1)  # one retry shows it; each costs a new Ray worker
     with pytest.raises(WorkersLost, match=r"1 of 3 shards failed on Ray \(its Ray worker died.*"
                                           r"run the same command again"):
         extract_features(corpus, str(tiny_wavlm), **args)
