@@ -27,6 +27,7 @@ to (and so copies) the pages those objects live on.
 Its import is its job, so nothing else imports it.
 """
 
+import contextlib
 import gc
 import importlib
 import json
@@ -40,10 +41,9 @@ _request = json.loads(os.environ.pop(PRELOAD_ENV, "{}"))
 if "sys_path" in _request:
     sys.path[:] = _request["sys_path"]
 for _name in _request.get("modules", []):
-    try:
+    # incl. SystemExit and pytest's Skipped: the fold worker imports it again and reports the error
+    with contextlib.suppress(BaseException):
         importlib.import_module(_name)
-    except BaseException:  # noqa: BLE001 - incl. SystemExit, pytest's Skipped: the fold worker imports it again and reports
-        pass
 
 gc.collect()
 gc.freeze()
