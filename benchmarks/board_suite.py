@@ -38,7 +38,8 @@ from pathlib import Path
 
 from perserbench.api import evaluate
 from perserbench.errors import PerserbenchError
-from perserbench.runner import write_result
+from perserbench.registry import make_config
+from perserbench.runner import planned_filename, write_result
 from perserbench.tasks import ResolvedTask, load_task
 
 HETEROGENEOUS = ("synthetic", "synthetic-confusion", "synthetic-prior-shift")
@@ -81,9 +82,13 @@ def plan(tasks: list[str], methods: list[str], references: bool = True, controls
 
 
 def existing(run: Run, out: Path) -> Path | None:
-    found = [p for p in out.glob(f"{run.method}__{run.task}__*.json")
-             if p.name.endswith("__ctl-other.json") == (run.control == "other-listener")]
-    return found[0] if found else None
+    """The run's result file if it is already in ``out``: the file this run would write (the
+    method's default config, seed 0, every scenario and K of the task), so a file of an
+    older default config or an earlier version of the task is run again, not kept."""
+    spec = _task(run.task).spec.episodes
+    path = out / planned_filename(run.method, make_config(run.method), _task(run.task), [0], spec.scenarios, spec.shots,
+                                  run.control)
+    return path if path.exists() else None
 
 
 @lru_cache(maxsize=8)

@@ -46,17 +46,12 @@ def _resolved(task: str, corpus_options: tuple[tuple[str, Any], ...]):
 
 def expected_path(job: SweepJob) -> Path:
     """The file the job will write; known before running, which is what makes resuming cheap."""
-    from perserbench.method import config_hash
     from perserbench.registry import make_config
-    from perserbench.results import SCHEMA_VERSION, RunResult
-    from perserbench.runner import result_filename
+    from perserbench.runner import planned_filename
 
     config = make_config(job.method, dict(job.config))
     task = _resolved(job.task, job.corpus_options)
-    stub = RunResult(SCHEMA_VERSION, "", None, {"name": task.spec.name, "hash": split_hash(task)},
-                     {"name": job.method, "config_hash": config_hash(job.method, config)},
-                     [job.seed], list(job.scenarios), sorted(set(job.shots)), [], [], [], 0.0, {})
-    return Path(job.out_dir) / result_filename(stub)
+    return Path(job.out_dir) / planned_filename(job.method, config, task, [job.seed], job.scenarios, job.shots)
 
 
 def is_done(job: SweepJob) -> bool:

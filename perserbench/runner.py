@@ -375,6 +375,18 @@ def result_filename(result: RunResult) -> str:
             f"__t{str(result.task['hash'])[:8]}{control_suffix(result.method.get('control', 'own'))}.json")
 
 
+def planned_filename(method: str, config: Any, task: ResolvedTask, seeds: Sequence[int], scenarios: Sequence[str],
+                     shots: Sequence[int], control: str = "own") -> str:
+    """The file name a run of ``method`` with ``config`` will write (:func:`result_filename`),
+    known before running: what lets a sweep or a board regeneration skip finished runs, and
+    only those (a file of another config, such as an older default, or of an edited task is
+    not this run's)."""
+    stub = RunResult(SCHEMA_VERSION, "", None, {"name": task.spec.name, "hash": split_hash(task)},
+                     {"name": method, "config_hash": config_hash(method, config), "control": control},
+                     list(seeds), list(scenarios), sorted(set(shots)), [], [], [], 0.0, {})
+    return result_filename(stub)
+
+
 def control_suffix(control: str) -> str:
     return "" if control == "own" else "__ctl-other"
 
