@@ -1,6 +1,12 @@
 """Method registry, after lm-evaluation-harness: built-ins register with a decorator in
 ``methods/``; third-party packages expose an entry point in group ``perserbench.methods``
 (the entry point's object is the method class, or a module that registers on import).
+
+A plugin's code is loaded only when it is asked for by name (:func:`get_method`) or when every
+method is listed (:func:`method_names`, ``perserbench methods``). Loading runs the plugin's
+import-time code in the calling process, which for a run is the runner, beside the task and
+its ground truth; so running a built-in method (the board's suite) or another plugin never
+loads an installed plugin, and :func:`builtin_names` lists the built-ins without loading any.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from perserbench.method import Method
 ENTRY_POINT_GROUP = "perserbench.methods"
 _REGISTRY: dict[str, type[Method]] = {}
 _SOURCES: dict[str, str] = {}
-_loaded = False
+_builtins_loaded = False
+_tried: set[str] = set()  # entry point names already loaded (or tried)
 
 
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
@@ -41,17 +48,24 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     return decorate
 
 
-def _load_all() -> None:
-    global _loaded
-    if _loaded:
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
         return
-    _loaded = True
+    _builtins_loaded = True
     from perserbench import methods
 
     for info in pkgutil.iter_modules(methods.__path__):
         if not info.name.startswith("_"):
             importlib.import_module(f"perserbench.methods.{info.name}")
+
+
+def _load_entry_points(name: str | None = None) -> None:
+    """Load the plugins registered under ``name`` (every plugin when ``None``), each once."""
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if (name is not None and ep.name != name) or ep.name in _tried:
+            continue
+        _tried.add(ep.name)
         try:
             obj = ep.load()
         except Exception as exc:  # a broken plugin must not hide the built-ins
@@ -62,6 +76,18 @@ def _load_all() -> None:
             register_method(ep.name)(obj)
         dist = getattr(ep, "dist", None)
         _SOURCES[ep.name] = f"plugin {dist.name if dist else ep.value}"
+
+
+def _load_all() -> None:
+    _load_builtins()
+    _load_entry_points()
+
+
+def builtin_names() -> list[str]:
+    """The methods shipped in ``perserbench/methods/`` (the committed board's suite), without
+    loading any plugin."""
+    _load_builtins()
+    return sorted(n for n, source in _SOURCES.items() if source.startswith("perserbench.methods."))
 
 
 def registered_modules() -> list[str]:
@@ -76,14 +102,22 @@ def method_names() -> list[str]:
 
 
 def get_method(name: str) -> type[Method]:
-    _load_all()
+    """The class registered as ``name``; a plugin is loaded only when ``name`` is its own."""
+    _load_builtins()
     if name not in _REGISTRY:
-        raise PerserbenchError(f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}")
+        _load_entry_points(name)
+    if name not in _REGISTRY:
+        known = sorted({*_REGISTRY, *entry_points(group=ENTRY_POINT_GROUP).names})  # names only: nothing loaded
+        raise PerserbenchError(f"unknown method {name!r}; known methods: {', '.join(known)}")
     return _REGISTRY[name]
 
 
 def method_source(name: str) -> str:
-    _load_all()
+    """Where ``name`` comes from: a module for a built-in (or a class registered in code),
+    ``plugin <distribution>`` for an entry point; "" for an unknown name."""
+    _load_builtins()
+    if name not in _SOURCES:
+        _load_entry_points(name)
     return _SOURCES.get(name, "")
 
 

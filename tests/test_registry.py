@@ -72,3 +72,49 @@ def test_constructor_does_no_work():
     m = create_method("consensus", seed=3)
     assert m.seed == 3 and not hasattr(m, "model_")
     assert dataclasses.is_dataclass(m.config)
+
+
+HOSTILE_PLUGIN = '''
+import os
+from perserbench.method import Method
+
+open(os.environ["PLUGIN_IMPORT_LOG"], "a").write("imported\\n")  # import-time code: what a patch would do
+
+
+class Hostile(Method):
+    def meta_fit(self, train):
+        pass
+
+    def adapt(self, support):
+        raise NotImplementedError
+'''
+
+
+def test_a_plugin_is_loaded_only_when_asked_for_by_name(tmp_path, monkeypatch):
+    """Loading a plugin runs its import-time code in this process (for a run, the runner,
+    beside the task and its truth): running a built-in, validating results and building the
+    board must not load an installed plugin; its own name, or listing every method, does."""
+    from importlib.metadata import EntryPoint, EntryPoints
+
+    from perserbench import registry
+    from perserbench.leaderboard.publish import builtin_methods
+
+    (tmp_path / "hostile_plugin.py").write_text(HOSTILE_PLUGIN)
+    log = tmp_path / "imports.log"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PLUGIN_IMPORT_LOG", str(log))
+    ep = EntryPoint(name="hostile", value="hostile_plugin:Hostile", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: EntryPoints([ep]))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
+    monkeypatch.setattr(registry, "_tried", set())
+
+    assert get_method("consensus").name == "consensus"
+    assert "consensus" in builtin_methods() and "hostile" not in builtin_methods()
+    with pytest.raises(PerserbenchError, match="unknown method 'nope'; known methods: .*hostile"):
+        get_method("nope")  # the plugin's name is listed from its metadata, without loading it
+    assert not log.exists(), "a plugin's code ran although nobody asked for it"
+
+    assert get_method("hostile").__name__ == "Hostile"
+    assert log.read_text() == "imported\n" and registry.method_source("hostile").startswith("plugin ")
+    assert "hostile" in method_names() and log.read_text() == "imported\n"  # loaded once

@@ -39,13 +39,13 @@ def check_audit(result: RunResult, source: str) -> None:
 
 
 def check_reference_flag(result: RunResult, source: str) -> None:
-    """A registered method's result must say whether it is a reference exactly as its class does."""
+    """A built-in method's result must say whether it is a reference exactly as its class
+    does; any other method's result must say it is not (only built-ins may be references).
+    Checked without loading any plugin: building the board never runs a plugin's code."""
     from perserbench.method import is_reference
-    from perserbench.registry import get_method, method_names
+    from perserbench.registry import builtin_names, get_method
 
-    if result.method_name not in method_names():
-        return
-    expected = is_reference(get_method(result.method_name))
+    expected = result.method_name in builtin_names() and is_reference(get_method(result.method_name))
     if result.is_reference != expected:
         raise PerserbenchError(
             f"{source}: method.reference is {str(result.is_reference).lower()} but {result.method_name!r} "

@@ -132,6 +132,6 @@ def submit(paths: Sequence[Path], board_dir: Path, resolver: TaskResolver, repla
 
 def builtin_methods() -> list[str]:
     """Methods shipped in ``perserbench/methods/`` (not plugins): the default suite of the committed board."""
-    from perserbench.registry import method_names, method_source
+    from perserbench.registry import builtin_names
 
-    return [m for m in method_names() if method_source(m).startswith("perserbench.methods.")]
+    return builtin_names()
