@@ -85,8 +85,9 @@ def existing(run: Run, out: Path) -> Path | None:
     """The run's result file if it is already in ``out``: the file this run would write (the
     method's default config, seed 0, every scenario and K of the task), so a file of an
     older default config or an earlier version of the task is run again, not kept."""
-    spec = _task(run.task).spec.episodes
-    path = out / planned_filename(run.method, make_config(run.method), _task(run.task), [0], spec.scenarios, spec.shots,
+    task = _task(run.task)
+    episodes = task.spec.episodes
+    path = out / planned_filename(run.method, make_config(run.method), task, [0], episodes.scenarios, episodes.shots,
                                   run.control)
     return path if path.exists() else None
 

@@ -177,5 +177,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # every fold worker importing its method's test module again (pytest, scipy: ~1 CPU-s each).
     from perserbench.sealed import preload
 
-    preload(*sorted({m.__name__ for m in (getattr(item, "module", None) for item in items) if m is not None and any(
-        isinstance(v, type) and issubclass(v, Method) and v.__module__ == m.__name__ for v in vars(m).values())}))
+    modules = {item.module for item in items if getattr(item, "module", None) is not None}
+    preload(*sorted(m.__name__ for m in modules if _defines_a_method(m)))
+
+
+def _defines_a_method(module: object) -> bool:
+    return any(isinstance(v, type) and issubclass(v, Method) and v.__module__ == module.__name__
+               for v in vars(module).values())
