@@ -45,7 +45,7 @@ from torch.func import functional_call, grad, vmap
 from perserbench.episodes import Items, LabelledItems, MetaTrainSet
 from perserbench.head import EmotionHead, pool_features
 from perserbench.method import FixedProbabilities
-from perserbench.no_harm import loo_evidence, select_states
+from perserbench.no_harm import FOLDS, held_out_evidence, select_states
 
 Params = dict[str, torch.Tensor]
 
@@ -573,38 +573,39 @@ def predict_states(form: Form, meta: Params, states: Params, x: torch.Tensor) ->
 
 def guard_keep(form: Form, meta: Params, lrs: Params, xs: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor,
                pos_weight: torch.Tensor, steps: int, reference_logits: torch.Tensor, chunk: int = 256,
-               pull: float = 0.0, guard_z: float = 0.0) -> torch.Tensor:
-    """Which listeners keep their adaptation [N]: the leave-one-out check on each support
+               pull: float = 0.0, guard_z: float = 0.0, guard_folds: int = FOLDS) -> torch.Tensor:
+    """Which listeners keep their adaptation [N]: the cross-validated check on each support
     (:mod:`perserbench.no_harm`) against the model a rejected listener falls back to, whose
     logits on the support items are ``reference_logits`` [N, K, C]."""
     def fit_predict(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor, xq: torch.Tensor) -> torch.Tensor:
         return predict_states(form, meta, adapt_states(form, meta, lrs, x, y, m, pos_weight, steps, chunk, pull), xq)
 
-    return loo_evidence(fit_predict, reference_logits, xs, ys, ms, pos_weight, chunk).keep(guard_z)
+    return held_out_evidence(fit_predict, reference_logits, xs, ys, ms, pos_weight, chunk, guard_folds).keep(guard_z)
 
 
 def guarded_states(form: Form, meta: Params, lrs: Params, xs: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor,
                    pos_weight: torch.Tensor, steps: int, chunk: int = 256, pull: float = 0.0,
-                   guard_z: float = 0.0) -> Params:
-    """:func:`adapt_states`, each listener kept at the init (0 steps) unless the leave-one-out
-    check on its own support (:mod:`perserbench.no_harm`) says the adaptation helps (by more
-    than ``guard_z`` standard errors)."""
+                   guard_z: float = 0.0, guard_folds: int = FOLDS) -> Params:
+    """:func:`adapt_states`, each listener kept at the init (0 steps) unless the cross-validated
+    check on its own support (:mod:`perserbench.no_harm`) says the adaptation helps (at the
+    one-sided level that ``guard_z`` states)."""
     adapted = adapt_states(form, meta, lrs, xs, ys, ms, pos_weight, steps, chunk, pull)
     unadapted = adapt_states(form, meta, lrs, xs, ys, ms, pos_weight, 0, chunk)
     keep = guard_keep(form, meta, lrs, xs, ys, ms, pos_weight, steps, predict_states(form, meta, unadapted, xs),
-                      chunk, pull, guard_z)
+                      chunk, pull, guard_z, guard_folds)
     return select_states(keep, adapted, unadapted)
 
 
 def adapt_many(form: Form, meta: Params, lrs: Params, supports: Sequence[LabelledItems],
                pos_weight: torch.Tensor, steps: int, chunk: int = 256, pull: float = 0.0,
-               guard: bool = False, guard_z: float = 0.0,
+               guard: bool = False, guard_z: float = 0.0, guard_folds: int = FOLDS,
                fallback: torch.nn.Module | None = None) -> list[AdaptedPredictor | FixedProbabilities]:
     """Adapt to every support set in one batched computation; one predictor per support.
-    ``pull``: L2 pull toward the init (:func:`inner_loop`); ``guard``: the leave-one-out
-    do-no-harm gate (:func:`guarded_states`) with its evidence threshold ``guard_z``. With a
-    ``fallback`` model (e.g. the consensus model), a listener the gate rejects gets that model
-    instead of the unadapted init, and the gate compares the adaptation with it."""
+    ``pull``: L2 pull toward the init (:func:`inner_loop`); ``guard``: the cross-validated
+    do-no-harm gate (:func:`guarded_states`) with its evidence threshold ``guard_z`` and
+    ``guard_folds`` folds. With a ``fallback`` model (e.g. the consensus model), a listener the
+    gate rejects gets that model instead of the unadapted init, and the gate compares the
+    adaptation with it."""
     if not supports:
         return []
     xs, ys, ms = pad_supports(supports)
@@ -613,11 +614,12 @@ def adapt_many(form: Form, meta: Params, lrs: Params, supports: Sequence[Labelle
         states = adapt_states(form, meta, lrs, xs, ys, ms, pos_weight, steps, chunk, pull)
         with torch.no_grad():
             reference = fallback(xs)
-        keep = guard_keep(form, meta, lrs, xs, ys, ms, pos_weight, steps, reference, chunk, pull, guard_z)
+        keep = guard_keep(form, meta, lrs, xs, ys, ms, pos_weight, steps, reference, chunk, pull, guard_z,
+                          guard_folds)
         return [AdaptedPredictor(form, frozen, {k: v[i] for k, v in states.items()}) if kept
                 else FixedProbabilities(fallback) for i, kept in enumerate(keep.tolist())]
     if guard:
-        states = guarded_states(form, meta, lrs, xs, ys, ms, pos_weight, steps, chunk, pull, guard_z)
+        states = guarded_states(form, meta, lrs, xs, ys, ms, pos_weight, steps, chunk, pull, guard_z, guard_folds)
     else:
         states = adapt_states(form, meta, lrs, xs, ys, ms, pos_weight, steps, chunk, pull)
     return [AdaptedPredictor(form, frozen, {k: v[i] for k, v in states.items()}) for i in range(len(supports))]
@@ -629,7 +631,7 @@ def adapt_many(form: Form, meta: Params, lrs: Params, supports: Sequence[Labelle
 class MetaSettings(Protocol):
     """The config fields the meta-learner reads (``maml`` and ``meta-perser`` configs). Read
     with a default when absent, so older settings objects keep working: ``adapt_steps`` (-1),
-    ``combined_inner`` ("support") and ``guard`` (False)."""
+    ``combined_inner`` ("support"), ``guard`` (False) and ``guard_folds`` (:data:`FOLDS`)."""
 
     meta_epochs: int
     steps_per_epoch: int
@@ -717,4 +719,4 @@ class MetaLearner:
         steps = self.settings.inner_steps if steps < 0 else steps
         return adapt_many(self.form, self.meta, self.lrs, supports, self.pos_weight, steps, self.settings.chunk,
                           guard=getattr(self.settings, "guard", False), guard_z=getattr(self.settings, "guard_z", 0.0),
-                          fallback=fallback)
+                          guard_folds=getattr(self.settings, "guard_folds", FOLDS), fallback=fallback)

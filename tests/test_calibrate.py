@@ -219,7 +219,10 @@ def test_sealed_run_passes_the_audit_and_personalizes_heterogeneous_listeners(tm
 @pytest.mark.parametrize("method, config", [
     ("calibrate", None),
     ("protonet", {"meta_epochs": "2", "steps_per_epoch": "4"}),  # gated by default (guard_z = 2)
-], ids=["calibrate", "protonet"])
+    ("finetune", None),
+    ("maml", {"meta_epochs": "2", "steps_per_epoch": "4"}),
+    ("meta-perser", None),
+], ids=["calibrate", "protonet", "finetune", "maml", "meta-perser"])
 def test_no_harm_when_all_listeners_are_identical(tmp_path, method, config):
     task = styles_task(tmp_path, uniform=True)
     ours = cell_means(run(method, task, [1, 5], config_overrides=config))

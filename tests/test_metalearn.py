@@ -291,10 +291,11 @@ def test_pulled_adaptation_equals_reference_loop_with_the_pull_in_the_loss(probl
 
 
 @pytest.mark.parametrize("dual", [False, True], ids=["functional_call", "dual"])
-def test_guarded_adaptation_equals_a_per_listener_leave_one_out_loop(problem, dual):
-    """The batched gate against the textbook loop: for each listener, adapt on every K−1
-    subset with the reference inner loop, score the left-out item against the unadapted init,
-    keep the adaptation only if its mean held-out loss is lower."""
+def test_guarded_adaptation_equals_a_per_listener_cross_validation_loop(problem, dual):
+    """The batched gate against the textbook loop: for each listener, split the real support
+    slots into 3 folds (slot j in fold j mod 3), adapt on the other folds with the reference
+    inner loop, score each held-out item against the unadapted init, keep the adaptation only
+    if its mean held-out loss is lower (z = 0)."""
     from perserbench.metalearn import guarded_states
     from perserbench.no_harm import item_loss
 
@@ -306,19 +307,20 @@ def test_guarded_adaptation_equals_a_per_listener_leave_one_out_loop(problem, du
     decisions = set()
     for lr in (0.5, 30.0):  # a sane step and a harmful one, so both decisions occur
         lrs = inner_learning_rates(STEPS, lr, learnable=False)
-        states = guarded_states(form, meta, lrs, batch.xs, batch.ys, batch.ms, pos_weight, STEPS, chunk=5)
+        states = guarded_states(form, meta, lrs, batch.xs, batch.ys, batch.ms, pos_weight, STEPS, chunk=5,
+                                guard_folds=3)
         adapted = reference_adapt(head, meta, lrs, batch.xs, batch.ys, batch.ms, pos_weight, STEPS)
         for i in range(len(batch.xs)):
             real = torch.nonzero(batch.ms[i] > 0).squeeze(1)
             gain = 0.0
-            for j in real.tolist():
-                rest = real[real != j]
+            for fold in range(3):
+                held, rest = real[real % 3 == fold], real[real % 3 != fold]
                 params = reference_adapt(head, meta, lrs, batch.xs[i][rest][None], batch.ys[i][rest][None],
                                          torch.ones(1, len(rest)), pos_weight, STEPS)[0]
-                x, y = batch.xs[i][j:j + 1], batch.ys[i][j:j + 1]
+                x, y = batch.xs[i][held], batch.ys[i][held]
                 with torch.no_grad():
                     gain += (item_loss(head_logits(head, frozen, init, x), y, pos_weight)
-                             - item_loss(head_logits(head, frozen, params, x), y, pos_weight)).item()
+                             - item_loss(head_logits(head, frozen, params, x), y, pos_weight)).sum().item()
             keep = gain > 0
             decisions.add(keep)
             want = reference_predict(head, frozen, adapted[i] if keep else init, batch.xq[i])

@@ -264,11 +264,9 @@ def test_guarded_adaptation_is_batched_exactly_and_deterministic(toy, method, co
 @pytest.mark.parametrize("method", METHODS)
 def test_guard_with_one_support_item_keeps_the_unadapted_model(toy, method):
     """K=1 leaves nothing to leave out: no evidence, so every listener keeps the fallback
-    model (consensus; maml falls back to consensus too, meta-perser to its meta-learned init,
-    adapt_steps=0)."""
-    unadapted = {"finetune": ("consensus", {}), "protonet": ("consensus", {}),
-                 "maml": ("consensus", {}),
-                 "meta-perser": ("meta-perser", {**SMALL["meta-perser"], "adapt_steps": "0"})}[method]
+    model: consensus, for every adaptive built-in (maml and meta-perser fall back to the
+    consensus model, not to their meta-learned init)."""
+    unadapted = ("consensus", {})
     want = predictions(toy, *unadapted, k=1)
     got = predictions(toy, method, {**SMALL[method], "guard": "true"}, k=1)
     assert all(np.allclose(x, y, atol=1e-6) for x, y in zip(got, want))

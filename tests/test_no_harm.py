@@ -69,18 +69,45 @@ def test_guarded_default_finetune_does_no_harm_on_uniform(uniform):
 # --------------------------------------------------------------------------- the gate itself
 
 
-def test_leave_one_out_sets_drop_one_real_item_each():
+def test_cross_validation_sets_hold_out_each_fold_of_real_items():
     import torch
 
-    from perserbench.no_harm import leave_one_out_sets
+    from perserbench.no_harm import cross_validation_sets, slot_folds
 
     xs = torch.arange(2 * 3 * 1 * 1, dtype=torch.float32).view(2, 3, 1, 1)
     ys = torch.ones(2, 3, 2)
     ms = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])  # listener 1 has 2 items + padding
-    x, y, m, held = leave_one_out_sets(xs, ys, ms)
+    x, y, m = cross_validation_sets(xs, ys, ms, folds=5)  # K = 3 <= 5 folds: leave-one-out
     assert x.shape == (6, 3, 1, 1) and torch.equal(x[4], xs[1]) and y.shape == (6, 3, 2)
     assert m.tolist() == [[0, 1, 1], [1, 0, 1], [1, 1, 0], [0, 1, 0], [1, 0, 0], [1, 1, 0]]
-    assert held.tolist() == [True, True, True, True, True, False]
+    x, y, m = cross_validation_sets(xs, ys, ms, folds=2)  # slots 0 and 2 form fold 0
+    assert x.shape == (4, 3, 1, 1) and m.tolist() == [[0, 1, 0], [1, 0, 1], [0, 1, 0], [1, 0, 0]]
+    # a listener's folds do not depend on the padded width when it has at most `folds` items
+    assert slot_folds(7, 5).tolist() == [0, 1, 2, 3, 4, 0, 1] and slot_folds(3, 5).tolist() == [0, 1, 2]
+
+
+def test_v_fold_evidence_scores_each_item_with_the_model_that_did_not_see_its_fold():
+    """A fake 'adaptation' that predicts, for every query, the mean label of the items it was
+    trained on: under V-fold an item's adapted logit must be its own fold's complement mean."""
+    import torch
+
+    from perserbench.no_harm import held_out_evidence
+
+    def fit_predict(xs, ys, ms, xq):
+        share = (ys * ms.unsqueeze(-1)).sum(1) / ms.sum(1, keepdim=True).clamp(min=1)
+        return (6 * share - 3).unsqueeze(1).expand(-1, xq.shape[1], -1)
+
+    y = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0]).view(1, 7, 1)
+    ms, xs = torch.ones(1, 7), torch.zeros(1, 7, 1, 2)
+    evidence = held_out_evidence(fit_predict, torch.zeros(1, 7, 1), xs, y, ms, torch.ones(1), folds=3)
+    folds = [[0, 3, 6], [1, 4], [2, 5]]
+    want = []
+    for j in range(7):
+        rest = [i for i in range(7) if i not in next(f for f in folds if j in f)]
+        logit = 6 * float(y[0, rest].mean()) - 3
+        want.append(float(torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor([logit]), y[0, j])))
+    assert abs(float(evidence.adapted_loss[0]) - sum(want) / 7) < 1e-6
+    assert evidence.held_out.tolist() == [7.0]
 
 
 def test_the_gate_keeps_adaptation_only_where_held_out_items_are_predicted_better():
@@ -89,7 +116,7 @@ def test_the_gate_keeps_adaptation_only_where_held_out_items_are_predicted_bette
     item is no evidence. The chunking does not change anything."""
     import torch
 
-    from perserbench.no_harm import loo_evidence
+    from perserbench.no_harm import held_out_evidence
 
     def fit_predict(xs, ys, ms, xq):  # logit ±3 toward the majority of the rest of the support
         share = (ys * ms.unsqueeze(-1)).sum(1) / ms.sum(1, keepdim=True).clamp(min=1)
@@ -99,41 +126,61 @@ def test_the_gate_keeps_adaptation_only_where_held_out_items_are_predicted_bette
     ms = torch.tensor([[1.0, 1, 1, 1], [1.0, 1, 1, 1], [1.0, 0, 0, 0]])
     xs = torch.zeros(3, 4, 1, 2)
     unadapted = torch.zeros(3, 4, 1)  # p = 0.5 everywhere
-    evidence = loo_evidence(fit_predict, unadapted, xs, ys, ms, torch.ones(1), chunk=256)
+    evidence = held_out_evidence(fit_predict, unadapted, xs, ys, ms, torch.ones(1), chunk=256)
     assert evidence.keep().tolist() == [True, False, False]
     assert evidence.held_out.tolist() == [4.0, 4.0, 1.0]
-    again = loo_evidence(fit_predict, unadapted, xs, ys, ms, torch.ones(1), chunk=1)
+    again = held_out_evidence(fit_predict, unadapted, xs, ys, ms, torch.ones(1), chunk=1)
     assert torch.equal(again.gain, evidence.gain)
 
 
 def test_a_positive_threshold_demands_evidence_beyond_noise():
-    """``keep(z)``: the mean leave-one-out gain must exceed z standard errors of the per-item
-    gains. A listener whose gain is large on one held-out item and negative on the others has a
+    """``keep(z)``: the mean held-out gain must pass a one-sided t-test at level 1 − Φ(z). A
+    listener whose gain is large on one held-out item and negative on the others has a
     positive mean (kept at z=0) but no consistent evidence (dropped at z=1); a listener whose
     every item gains is kept at both. The standard error is the sample SD over sqrt(n)."""
     import numpy as np
     import torch
 
-    from perserbench.no_harm import item_loss, loo_evidence
+    from perserbench.no_harm import held_out_evidence, item_loss
 
     ys = torch.tensor([[[1.0], [1.0], [1.0], [1.0]], [[1.0], [0.0], [0.0], [0.0]]])
     ms = torch.ones(2, 4)
     xs = torch.zeros(2, 4, 1, 2)
     unadapted = torch.zeros(2, 4, 1)  # p = 0.5 everywhere
 
-    def fit_predict(xs_, ys_, ms_, xq):  # listener 0: every item +2; listener 1: item 0 +6, others -0.4
-        rows = xs_.shape[0] // 4
-        out = torch.empty(rows * 4, 1, 1)
-        for row in range(rows * 4):
-            listener, item = divmod(row, 4)
-            out[row] = 2.0 if listener == 0 else (6.0 if item == 0 else 0.4)
+    def item_logits(listener, item):  # listener 0: every item +2; listener 1: item 0 +6, others -0.4
+        return 2.0 if listener == 0 else (6.0 if item == 0 else 0.4)
+
+    def fit_predict(xs_, ys_, ms_, xq):  # K = 4 <= 5 folds: row listener·4 + j left item j out
+        out = torch.empty(xs_.shape[0], xq.shape[1], 1)
+        for row in range(xs_.shape[0]):
+            out[row] = item_logits(*divmod(row, 4))
         return out
 
-    evidence = loo_evidence(fit_predict, unadapted, xs, ys, ms, torch.ones(1))
-    gains = (item_loss(unadapted, ys, torch.ones(1)) - item_loss(fit_predict(torch.zeros(8), None, None, None)
-                                                                  .view(2, 4, 1), ys, torch.ones(1))).numpy()
+    evidence = held_out_evidence(fit_predict, unadapted, xs, ys, ms, torch.ones(1))
+    adapted = torch.tensor([[[item_logits(i, j)] for j in range(4)] for i in range(2)])
+    gains = (item_loss(unadapted, ys, torch.ones(1)) - item_loss(adapted, ys, torch.ones(1))).numpy()
     want_se = gains.std(axis=1, ddof=1) / np.sqrt(4)
     np.testing.assert_allclose(evidence.gain_se.numpy(), want_se, rtol=1e-5)
     assert (evidence.gain > 0).tolist() == [True, True]
     assert evidence.keep(0.0).tolist() == [True, True]
     assert evidence.keep(1.0).tolist() == [True, False]
+
+
+def test_the_threshold_is_students_t_at_the_held_out_items_degrees_of_freedom():
+    """With 4 held-out items (3 degrees of freedom) a mean gain of 2.5 standard errors clears
+    ``z = 2`` standard errors but not the t-test at the same level (t ≈ 3.3): small supports
+    need the evidence a small sample needs. With 200 items t and z nearly agree."""
+    import torch
+    from scipy import stats
+
+    from perserbench.no_harm import HeldOutEvidence
+
+    se = torch.tensor([0.1, 0.1, 0.1])
+    held = torch.tensor([4.0, 4.0, 200.0])
+    gain = torch.tensor([0.25, 0.34, 0.21])
+    evidence = HeldOutEvidence(adapted_loss=torch.zeros(3) - gain, unadapted_loss=torch.zeros(3), held_out=held,
+                               gain_se=se)
+    assert 3.2 < stats.t.ppf(stats.norm.cdf(2.0), 3) < 3.4 and 2.0 < stats.t.ppf(stats.norm.cdf(2.0), 199) < 2.05
+    assert ((evidence.gain > 2.0 * se)).tolist() == [True, True, True]
+    assert evidence.keep(2.0).tolist() == [False, True, True]

@@ -67,19 +67,25 @@ class MamlConfig:
                             "False = materialised weights through functional_call, same numbers")
     chunk: int = _doc(256, "test listeners adapted per vmap call; bounds memory for large cells", ge=1)
     guard: bool = _doc(True, "do-no-harm gate (perserbench.no_harm): keep a listener at the fallback model "
-                             "(see fallback) unless adapting on each K-1 subset of the support predicts the left-out item "
-                             "better; costs K extra batched adaptations; False = the ungated method. "
+                             "(see fallback) unless adapting on the other folds of the support predicts each held-out "
+                             "fold's items better; costs up to guard_folds extra batched adaptations; False = "
+                             "the ungated method. "
                              "synthetic-dev (mean macro-F1 over 8 cells; consensus 0.533): maml ungated/gated "
                              "0.545/0.547, meta-perser 0.543/0.544; gated, K=1 keeps the unadapted init "
                              "(meta-perser K=1 seen/unseen 0.514/0.522 -> 0.523/0.533)")
-    guard_z: float = _doc(2.0, "the gate's evidence threshold (as finetune's and protonet's): adapt only where "
-                               "the mean leave-one-out gain exceeds guard_z standard errors of the per-item gains "
-                               "(0 = any gain). maml, mean macro-F1 - consensus over 8 cells, defaults before "
-                               "(fallback=init, z=0) -> now (fallback=consensus, z=2): uniform development "
+    guard_folds: int = _doc(5, "folds of the gate's cross-validation (perserbench.no_harm); K <= guard_folds is "
+                               "leave-one-out (as finetune's, where 5 folds scored as leave-one-out at less cost)",
+                            ge=2)
+    guard_z: float = _doc(2.0, "the gate's evidence level, as a normal quantile: adapt only where a one-sided "
+                               "paired t-test of the per-item held-out gains passes at level 1 - Phi(z) (0 = "
+                               "any gain). With the gate's first form (leave-one-out, gain > z*SE), maml, mean "
+                               "macro-F1 - consensus over 8 cells, defaults before "
+                               "(fallback=init, z=0) -> (fallback=consensus, z=2): uniform development "
                                "controls (nobody differs) styles/confusion/prior-shift -0.002/-0.004/-0.002 -> "
                                "-/-0.000/-0.000 (styles with fallback=consensus, z=0: -0.001); heterogeneous "
                                "synthetic-dev +0.014 -> +0.009, -confusion -0.003 -> +0.000, -prior-shift "
-                               "+0.014 -> +0.009. Do no harm first, as finetune and protonet", ge=0)
+                               "+0.014 -> +0.009. Today's gate (5 folds, t-test), z=2: synthetic-dev +0.008. "
+                               "Do no harm first, as finetune and protonet", ge=0)
     fallback: str = _doc("consensus", "what a listener the gate rejects (and every K=1 listener: nothing can be "
                                       "left out) keeps: 'init' = the meta-learned initialisation, 'consensus' = "
                                       "the fold's consensus model (trained for it when init=random; the gate then "
