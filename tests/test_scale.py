@@ -188,7 +188,7 @@ def test_calibrate_prior_in_listener_groups_matches_one_table(float16_task):
     assert len(many) > 1 and sum(len(g[0]) for g in many) == len(one[0][0])
     weight = torch.ones(train.n_classes, dtype=torch.float64)
     mu1, var1 = fit_prior(*one[0], weight, "diagonal", 3, 0.05, 10)
-    mu2, var2 = fit_prior_groups(many, weight, "diagonal", 3, 0.05, 10)
+    mu2, var2, _ = fit_prior_groups(many, weight, "diagonal", 3, 0.05, 10)
     assert torch.allclose(mu1, mu2, atol=1e-8) and torch.allclose(var1, var2, atol=1e-8)
 
 
