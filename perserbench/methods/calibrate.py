@@ -173,18 +173,30 @@ def map_fit(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, pos_weight: to
     mu, precision = mu.double(), precision.double()
     mu = mu.expand(z.shape[0], *mu.shape[-2:])  # one prior mean for all, or one per listener
     theta = (mu if init is None else init.double()).clone()
+    # With full mixing every class reads the same feature vector [z, 1] of an item, so the
+    # per-class sums over items are batched matrix products (C× less work than the generic
+    # einsums over the class-expanded features, and BLAS instead of einsum's loops).
+    shared = feats[:, :, 0] if mixing == "full" else None  # [N, K, d]
+
+    def project(theta: torch.Tensor) -> torch.Tensor:
+        """feats · θ per item and class [N, K, C]."""
+        if shared is not None:
+            return torch.bmm(shared, theta.transpose(1, 2))
+        return (feats * theta.unsqueeze(1)).sum(-1)
 
     def newton_system(theta: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        s = z + (feats * theta.unsqueeze(1)).sum(-1)
+        s = z + project(theta)
         p = torch.sigmoid(s)
         residual = w_neg * (1.0 - y) * p - w_pos * y * (1.0 - p)  # d loss / d s
         curvature = (w_pos * y + w_neg * (1.0 - y)) * p * (1.0 - p)
-        gradient = torch.einsum("nkcd,nkc->ncd", feats, residual) + precision * (theta - mu)
-        if mixing == "full":  # one feature vector per item, shared by the classes: C× less work
-            shared = feats[:, :, 0]
-            data_hessian = torch.einsum("nki,nkc,nkj->ncij", shared, curvature, shared)
+        if shared is not None:
+            data_gradient = torch.bmm(residual.transpose(1, 2), shared)
+            weighted = shared.unsqueeze(1) * curvature.transpose(1, 2).unsqueeze(-1)  # [N, C, K, d]
+            data_hessian = weighted.transpose(-1, -2) @ shared.unsqueeze(1)
         else:
+            data_gradient = torch.einsum("nkcd,nkc->ncd", feats, residual)
             data_hessian = torch.einsum("nkci,nkc,nkcj->ncij", feats, curvature, feats)
+        gradient = data_gradient + precision * (theta - mu)
         hessian = data_hessian + torch.diag_embed(precision.expand_as(theta))
         value = _data_loss(s, y, w_pos, w_neg) + 0.5 * (precision * (theta - mu).square()).sum(-1)
         return s, value, gradient, hessian
@@ -193,7 +205,7 @@ def map_fit(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, pos_weight: to
         s, value, gradient, hessian = newton_system(theta)
         direction = torch.linalg.solve(hessian, gradient.unsqueeze(-1)).squeeze(-1)  # [N, C, d]
         # Along θ − t·δ the logits move linearly, s − t·(feats·δ): each trial costs one loss.
-        s_dir = (feats * direction.unsqueeze(1)).sum(-1)
+        s_dir = project(direction)
         decrease = (gradient * direction).sum(-1)  # ≥ 0: the Hessian is positive definite
         pending = decrease > NEWTON_DECREMENT_TOL
         size = torch.where(pending, 0.0, 1.0).to(decrease)
