@@ -52,7 +52,7 @@ def test_a_harmful_adaptation_fails_the_check(uniform):
 
 
 def test_the_guard_turns_the_harmful_adaptation_into_consensus(uniform):
-    """The same harmful fine-tuning (lr 50) behind the leave-one-out gate: the support's own
+    """The same harmful fine-tuning (lr 50) behind the cross-validated gate: the support's own
     held-out items show that it hurts, so every listener keeps the consensus model."""
     task, consensus = uniform
     verdict = _versus_consensus(task, consensus, "finetune", {**HARMFUL, "guard": "true"})
