@@ -66,9 +66,7 @@ class HeldOutEvidence:
         not ``z`` standard errors: with 5 held-out items (4 degrees of freedom) the sample SD is
         itself noisy, so ``gain > 2·SE`` passes 5.8 % of normal no-evidence gains, 2.5 times the
         stated level, and small K is exactly where the gate matters."""
-        n = self.held_out
-        if z == 0.0:
-            return (n >= 2) & (self.gain > 0)
+        n = self.held_out  # z = 0: the t quantile at 0.5 is exactly 0, so "helped at all"
         quantile = torch.from_numpy(stats.t.ppf(stats.norm.cdf(z), (n - 1).clamp(min=1).double().numpy()))
         return (n >= 2) & (self.gain > quantile.to(self.gain) * self.gain_se)
 

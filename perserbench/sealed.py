@@ -190,7 +190,7 @@ class SealedMethod:
         parent, child = context.Pipe(duplex=True)
         self._conn: Connection = parent
         self._process = context.Process(target=_fold_worker, args=(child,), daemon=True,
-                                           name=f"perserbench-{self.name}")
+                                        name=f"perserbench-{self.name}")
         with _without_main_module():
             self._process.start()
         child.close()

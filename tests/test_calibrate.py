@@ -99,7 +99,7 @@ def test_map_fit_reaches_the_optimum_scipy_finds():
     pos_weight = torch.tensor([1.0, 3.0, 2.0, 5.0], dtype=torch.float64)
     mu = torch.randn(4, 5, generator=gen, dtype=torch.float64) * 0.3
     precision = torch.rand(4, 5, generator=gen, dtype=torch.float64) + 0.5
-    theta, _ = map_fit(z, y, mask, pos_weight, mu, precision, "full", steps=50)
+    theta, _, _ = map_fit(z, y, mask, pos_weight, mu, precision, "full", steps=50)
 
     def objective(flat: np.ndarray, n: int) -> float:
         keep = mask[n] > 0
@@ -125,7 +125,8 @@ def test_map_fit_without_evidence_is_the_prior_mean_and_with_much_evidence_leave
     y = (torch.rand(2, 400, 3, generator=gen) < 0.5).double()
     mask = torch.ones(2, 400)
     mask[0] = 0  # listener 0 has no items at all
-    theta, hessian = map_fit(z, y, mask, torch.ones(3, dtype=torch.float64), mu, precision, "diagonal", steps=30)
+    theta, hessian, _ = map_fit(z, y, mask, torch.ones(3, dtype=torch.float64), mu, precision, "diagonal",
+                                steps=30)
     assert torch.allclose(theta[0], mu)
     assert torch.allclose(hessian[0], torch.diag_embed(precision))
     assert (theta[1] - mu).abs().max() > 0.5  # 400 coin flips pull the transform away
@@ -161,8 +162,8 @@ def test_the_evidence_picks_the_component_that_generated_the_support():
 
     def evidence(mu: torch.Tensor, precision: float) -> float:
         prec = torch.full_like(mu, precision)
-        theta, hessian = map_fit(z, y, mask, weight, mu, prec, "none", steps=30)
-        return float(log_evidence(z, y, mask, weight, mu, prec, "none", theta, hessian))
+        _, hessian, value = map_fit(z, y, mask, weight, mu, prec, "none", steps=30)
+        return float(log_evidence(value, hessian, prec))
 
     assert evidence(a, 4.0) > evidence(b, 4.0) + 5.0
     assert evidence(a, 16.0) > evidence(a, 0.25)

@@ -155,16 +155,16 @@ def _data_loss(s: torch.Tensor, y: torch.Tensor, w_pos: torch.Tensor, w_neg: tor
 
 def map_fit(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, pos_weight: torch.Tensor, mu: torch.Tensor,
             precision: torch.Tensor, mixing: str, steps: int,
-            init: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            init: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MAP transforms of N listeners at once: ``z`` [N, K, C] consensus logits of their items,
     ``y`` [N, K, C] labels, ``mask`` [N, K] (0 = padding), BCE ``pos_weight`` [C], prior
-    ``mu`` [C, d] (or one per listener, [N, C, d]) and ``precision`` [C, d].
+    ``mu`` and ``precision`` [C, d] (or one prior per listener, [N, C, d]).
 
     Damped Newton per (listener, class) problem from ``init`` (default: the prior mean); each
     step backtracks on a fixed grid of step sizes to the first that meets the Armijo
     condition. Only per-problem reductions, so a listener's result does not depend on who else
-    is in the batch. Returns the transforms [N, C, d] and the Hessians [N, C, d, d] at the
-    optimum (the Laplace posterior precision)."""
+    is in the batch. Returns the transforms [N, C, d], the Hessians [N, C, d, d] at the
+    optimum (the Laplace posterior precision) and the objective there [N, C]."""
     z, y = z.double(), y.double()
     m = mask.double().unsqueeze(-1)  # [N, K, 1]
     w_pos = m * pos_weight.double()
@@ -221,23 +221,19 @@ def map_fit(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, pos_weight: to
         theta = theta - step
         if float(step.abs().max()) < CONVERGED_STEP:
             break
-    return theta, newton_system(theta)[3]
+    _, value, _, hessian = newton_system(theta)
+    return theta, hessian, value
 
 
-def log_evidence(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, pos_weight: torch.Tensor, mu: torch.Tensor,
-                 precision: torch.Tensor, mixing: str, theta: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
+def log_evidence(value: torch.Tensor, hessian: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
     """Laplace approximation of log p(support | prior N(mu, precision⁻¹)) [N], up to a constant
-    shared by all priors, from the MAP ``theta`` and its ``hessian`` (:func:`map_fit`):
-    −(BCE + prior quadratic at the MAP) − ½ log det H + ½ log det(prior precision), summed over
-    classes. Why the last term: a narrow prior that fits is more probable than a broad one that
-    fits as well (the Occam factor), which is what lets a mixture choose between them."""
-    z, y = z.double(), y.double()
-    m = mask.double().unsqueeze(-1)
-    s = z + (logit_features(z, mixing) * theta.unsqueeze(1)).sum(-1)
-    value = _data_loss(s, y, m * pos_weight.double(), m.expand_as(y)) + 0.5 * (
-        precision * (theta - mu).square()).sum(-1)
-    occam = 0.5 * precision.double().log().expand_as(theta).sum(-1) - 0.5 * torch.linalg.slogdet(hessian)[1]
-    return (occam - value).sum(-1)
+    shared by all priors, from :func:`map_fit`'s objective ``value`` [N, C] (BCE + prior
+    quadratic at the MAP) and ``hessian`` [N, C, d, d] under that prior: −value − ½ log det H +
+    ½ log det(prior precision), summed over classes. Why the last term: a narrow prior that fits
+    is more probable than a broad one that fits as well (the Occam factor), which is what lets a
+    mixture choose between them."""
+    log_det_precision = precision.double().log().expand(*hessian.shape[:-1]).sum(-1)
+    return (0.5 * log_det_precision - 0.5 * torch.linalg.slogdet(hessian)[1] - value).sum(-1)
 
 
 def fit_prior(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, pos_weight: torch.Tensor, mixing: str,
@@ -255,7 +251,7 @@ def fit_prior_groups(groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor
     (:func:`listener_groups`): the per-listener fits are independent, so grouping listeners of
     similar workload only bounds the padding. One group is exactly :func:`fit_prior`. Also
     returns the listeners' own transforms [listeners, C, d] (MAP under the last-but-one prior),
-    the components of the ``prior="listeners"`` mixture."""
+    the listener components of the mixture prior (``population_weight`` < 1)."""
     z0 = groups[0][0]
     d = logit_features(z0[:1, :1], mixing).shape[-1]
     mu = torch.zeros(z0.shape[-1], d, dtype=torch.float64)
@@ -264,7 +260,7 @@ def fit_prior_groups(groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor
     for _ in range(iterations):
         posterior = []
         for i, (z, y, mask) in enumerate(groups):
-            thetas[i], hessian = map_fit(z, y, mask, pos_weight, mu, 1.0 / var, mixing, steps, init=thetas[i])
+            thetas[i], hessian, _ = map_fit(z, y, mask, pos_weight, mu, 1.0 / var, mixing, steps, init=thetas[i])
             posterior.append(torch.linalg.inv(hessian).diagonal(dim1=-2, dim2=-1))
         theta = thetas[0] if len(groups) == 1 else torch.cat(thetas)
         posterior_var = posterior[0] if len(groups) == 1 else torch.cat(posterior)
@@ -313,9 +309,9 @@ def listener_groups(train: MetaTrainSet, logits: torch.Tensor, mixing: str,
 
 class CalibratedPredictor:
     """The frozen consensus head, then one listener's transform: posterior-predictive logits
-    (Laplace covariance, probit approximation) plus the decision ``shift`` [C]. With the
-    ``listeners`` prior the posterior is a mixture: ``theta`` [J, C, d] and ``cov`` [J, C, d, d]
-    per component, mixed with ``weights`` [J]; the Gaussian prior is one component, weight 1."""
+    (Laplace covariance, probit approximation) plus the decision ``shift`` [C]. Under the
+    mixture prior the posterior is a mixture: ``theta`` [J, C, d] and ``cov`` [J, C, d, d] per
+    component, mixed with ``weights`` [J]; the Gaussian prior alone is one component, weight 1."""
 
     def __init__(self, head: EmotionHead, theta: torch.Tensor, cov: torch.Tensor, weights: torch.Tensor,
                  shift: torch.Tensor, mixing: str) -> None:
@@ -379,8 +375,8 @@ class Calibrate(Method):
         with torch.no_grad():
             z = self.head_(xs.flatten(0, 1)).view(*xs.shape[:2], -1)
         if c.population_weight == 1:
-            theta, hessian = map_fit(z, ys, ms, self.loss_weight_, self.prior_mean_, c.prior_scale / self.prior_var_,
-                                     c.mixing, c.newton_steps)
+            theta, hessian, _ = map_fit(z, ys, ms, self.loss_weight_, self.prior_mean_,
+                                        c.prior_scale / self.prior_var_, c.mixing, c.newton_steps)
             cov, ones = torch.linalg.inv(hessian), torch.ones(1, dtype=torch.float64)
             return [CalibratedPredictor(self.head_, theta[i:i + 1], cov[i:i + 1], ones, self.shift_, c.mixing)
                     for i in range(len(supports))]
@@ -394,9 +390,8 @@ class Calibrate(Method):
         n, j = len(supports), len(means)
         zr, yr, mr = (t.repeat_interleave(j, dim=0) for t in (z, ys, ms))
         mu, precision = means.repeat(n, 1, 1), precisions.repeat(n, 1, 1)
-        theta, hessian = map_fit(zr, yr, mr, self.loss_weight_, mu, precision, c.mixing, c.newton_steps)
-        evidence = log_evidence(zr, yr, mr, self.loss_weight_, mu, precision, c.mixing, theta, hessian)
-        weights = torch.softmax(evidence.view(n, j) + log_prior, dim=1)
+        theta, hessian, value = map_fit(zr, yr, mr, self.loss_weight_, mu, precision, c.mixing, c.newton_steps)
+        weights = torch.softmax(log_evidence(value, hessian, precision).view(n, j) + log_prior, dim=1)
         theta, cov = theta.view(n, j, *theta.shape[1:]), torch.linalg.inv(hessian).view(n, j, *hessian.shape[1:])
         return [CalibratedPredictor(self.head_, theta[i], cov[i], weights[i], self.shift_, c.mixing)
                 for i in range(n)]
