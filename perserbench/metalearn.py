@@ -45,7 +45,7 @@ from torch.func import functional_call, grad, vmap
 from perserbench.episodes import Items, LabelledItems, MetaTrainSet
 from perserbench.head import EmotionHead, pool_features
 from perserbench.method import FixedProbabilities
-from perserbench.no_harm import FOLDS, held_out_evidence, select_states
+from perserbench.no_harm import FOLDS, adapt_kept, held_out_evidence
 
 Params = dict[str, torch.Tensor]
 
@@ -588,12 +588,12 @@ def guarded_states(form: Form, meta: Params, lrs: Params, xs: torch.Tensor, ys: 
                    guard_z: float = 0.0, guard_folds: int = FOLDS) -> Params:
     """:func:`adapt_states`, each listener kept at the init (0 steps) unless the cross-validated
     check on its own support (:mod:`perserbench.no_harm`) says the adaptation helps (at the
-    one-sided level that ``guard_z`` states)."""
-    adapted = adapt_states(form, meta, lrs, xs, ys, ms, pos_weight, steps, chunk, pull)
+    one-sided level that ``guard_z`` states). Only the listeners the check keeps are adapted."""
     unadapted = adapt_states(form, meta, lrs, xs, ys, ms, pos_weight, 0, chunk)
     keep = guard_keep(form, meta, lrs, xs, ys, ms, pos_weight, steps, predict_states(form, meta, unadapted, xs),
                       chunk, pull, guard_z, guard_folds)
-    return select_states(keep, adapted, unadapted)
+    return adapt_kept(keep, lambda rows: adapt_states(form, meta, lrs, xs[rows], ys[rows], ms[rows], pos_weight,
+                                                      steps, chunk, pull), unadapted)
 
 
 def adapt_many(form: Form, meta: Params, lrs: Params, supports: Sequence[LabelledItems],
@@ -611,13 +611,16 @@ def adapt_many(form: Form, meta: Params, lrs: Params, supports: Sequence[Labelle
     xs, ys, ms = pad_supports(supports)
     frozen = {k: v.detach() for k, v in meta.items()}
     if guard and fallback is not None:
-        states = adapt_states(form, meta, lrs, xs, ys, ms, pos_weight, steps, chunk, pull)
         with torch.no_grad():
             reference = fallback(xs)
         keep = guard_keep(form, meta, lrs, xs, ys, ms, pos_weight, steps, reference, chunk, pull, guard_z,
                           guard_folds)
-        return [AdaptedPredictor(form, frozen, {k: v[i] for k, v in states.items()}) if kept
-                else FixedProbabilities(fallback) for i, kept in enumerate(keep.tolist())]
+        rows = torch.nonzero(keep).squeeze(1)  # only the listeners the gate keeps are adapted
+        states = adapt_states(form, meta, lrs, xs[rows], ys[rows], ms[rows], pos_weight, steps, chunk, pull) \
+            if len(rows) else {}
+        slot = {int(row): j for j, row in enumerate(rows)}
+        return [AdaptedPredictor(form, frozen, {k: v[slot[i]] for k, v in states.items()}) if i in slot
+                else FixedProbabilities(fallback) for i in range(len(supports))]
     if guard:
         states = guarded_states(form, meta, lrs, xs, ys, ms, pos_weight, steps, chunk, pull, guard_z, guard_folds)
     else:

@@ -119,9 +119,13 @@ def held_out_evidence(fit_predict: FitPredict, unadapted_logits: torch.Tensor, x
     n, k = ms.shape
     fold, v = slot_folds(k, folds), fold_count(k, folds)
     per = max(1, chunk // v)
+    # A listener with fewer than 2 items cannot pass (:meth:`HeldOutEvidence.keep`), so when no
+    # listener has 2, no model is fitted (at K = 1 the whole gate is free): the evidence is the
+    # unadapted model against itself, no gain.
+    start = 0 if bool((ms.sum(-1) >= 2).any()) else n
     adapted = []
     with torch.no_grad():
-        for start in range(0, n, per):
+        for start in range(start, n, per):
             sl = slice(start, start + per)
             x, y, m = cross_validation_sets(xs[sl], ys[sl], ms[sl], folds)
             queries = xs[sl].unsqueeze(1).expand(-1, v, *xs.shape[1:]).reshape(-1, *xs.shape[1:])
@@ -142,14 +146,20 @@ def held_out_evidence(fit_predict: FitPredict, unadapted_logits: torch.Tensor, x
     return HeldOutEvidence(adapted_loss, unadapted_loss, held, gain_se)
 
 
+def adapt_kept(keep: torch.Tensor, adapt: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+               unadapted: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Batched states [N, ...]: ``adapt(rows)`` (the states of the listeners at index ``rows``)
+    where ``keep``, ``unadapted`` elsewhere. The gate decides before anything is adapted, so
+    the listeners it rejects (every one at K = 1, most where nobody differs) cost no
+    adaptation; each listener's adaptation is its own, so adapting a subset changes none."""
+    rows = torch.nonzero(keep).squeeze(1)
+    states = {name: u.expand(len(keep), *u.shape[1:]).clone() for name, u in unadapted.items()}
+    if len(rows):
+        for name, value in adapt(rows).items():
+            states[name][rows] = value
+    return states
+
+
 def choose(keep: torch.Tensor, adapted: Sequence[T], unadapted: Sequence[T]) -> list[T]:
     """Per listener, the adapted model where ``keep`` and the unadapted one elsewhere."""
     return [a if bool(k) else u for k, a, u in zip(keep.tolist(), adapted, unadapted, strict=True)]
-
-
-def select_states(keep: torch.Tensor, adapted: dict[str, torch.Tensor],
-                  unadapted: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """:func:`choose` for batched states (dicts of tensors with a leading listener dimension)."""
-    def pick(a: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        return torch.where(keep.view(-1, *([1] * (a.dim() - 1))), a, u.expand_as(a))
-    return {name: pick(a, unadapted[name]) for name, a in adapted.items()}

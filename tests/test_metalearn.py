@@ -380,6 +380,57 @@ def test_a_fallback_model_is_what_the_gate_compares_with_and_what_a_rejected_lis
     assert isinstance(lone[0], FixedProbabilities)
 
 
+@pytest.mark.parametrize("with_fallback", [False, True], ids=["init", "fallback"])
+def test_the_gate_adapts_only_the_listeners_it_keeps(problem, monkeypatch, with_fallback):
+    """The gate decides first, then adapts: the listeners it rejects cost no adaptation, and a
+    one-item support (nothing to hold out) costs none at all. Every ``adapt_states`` call is
+    recorded as (rows, steps): the full adaptation (steps > 0) of N listeners happens only for
+    the rows the gate keeps, and the predictions equal adapting everyone and then choosing."""
+    import copy
+
+    import perserbench.metalearn as ml
+    from perserbench.episodes import Items, LabelledItems
+    from perserbench.method import FixedProbabilities
+
+    head, pos_weight, batch = problem
+    fallback = copy.deepcopy(head).eval() if with_fallback else None
+    meta, _ = fresh(head)
+    form = make_form(head, True)
+    lrs = inner_learning_rates(STEPS, 1.0, learnable=False)  # on this problem it keeps some listeners, not all
+    supports = [LabelledItems(batch.xs[i][batch.ms[i] > 0], batch.ys[i][batch.ms[i] > 0]) for i in range(len(batch.xs))]
+    original, calls = ml.adapt_states, []
+
+    def recorded(form_, meta_, lrs_, xs, ys, ms, pos_weight_, steps, *args, **kwargs):
+        calls.append((len(xs), steps))
+        return original(form_, meta_, lrs_, xs, ys, ms, pos_weight_, steps, *args, **kwargs)
+
+    monkeypatch.setattr(ml, "adapt_states", recorded)
+    predictors = ml.adapt_many(form, meta, lrs, supports, pos_weight, STEPS, guard=True, guard_folds=3,
+                               fallback=fallback)
+    n = len(supports)
+    kept = [not isinstance(p, FixedProbabilities) for p in predictors] if with_fallback else None
+    everyone = original(form, meta, lrs, batch.xs, batch.ys, batch.ms, pos_weight, STEPS)
+    unadapted = original(form, meta, lrs, batch.xs, batch.ys, batch.ms, pos_weight, 0)
+    frozen = {k: v.detach() for k, v in meta.items()}
+    if not with_fallback:  # a rejected listener keeps the init: tell the two apart by prediction
+        kept = []
+        for i, p in enumerate(predictors):
+            got = p.predict_proba(Items(batch.xq[i]))
+            init = torch.sigmoid(form.predict_logits(frozen, {k: v[i] for k, v in unadapted.items()}, batch.xq[i]))
+            kept.append(not torch.allclose(got, init, atol=TOL, rtol=0))
+    assert 0 < sum(kept) < n
+    main = [rows for rows, steps in calls if steps > 0 and rows <= n]  # the cross-validation fits have N·3 rows
+    assert main == [sum(kept)]
+    for i, p in enumerate(predictors):
+        if kept[i]:
+            want = torch.sigmoid(form.predict_logits(frozen, {k: v[i] for k, v in everyone.items()}, batch.xq[i]))
+            assert torch.allclose(p.predict_proba(Items(batch.xq[i])), want, atol=TOL, rtol=0)
+    calls.clear()
+    ml.adapt_many(form, meta, lrs, [LabelledItems(s.x[:1], s.y[:1]) for s in supports], pos_weight, STEPS,
+                  guard=True, guard_folds=3, fallback=fallback)
+    assert [steps for _, steps in calls] == ([] if with_fallback else [0])  # K = 1: nothing is fitted
+
+
 def head_logits(head, meta, params, x):
     from perserbench.bench import _forward
 

@@ -133,6 +133,22 @@ def test_the_gate_keeps_adaptation_only_where_held_out_items_are_predicted_bette
     assert torch.equal(again.gain, evidence.gain)
 
 
+def test_without_two_items_anywhere_no_model_is_fitted():
+    """At K = 1 nothing can be held out and scored against the rest, so the gate rejects every
+    listener without fitting anything (the cross-validation would fit on empty supports)."""
+    import torch
+
+    from perserbench.no_harm import held_out_evidence
+
+    def fit_predict(xs, ys, ms, xq):
+        raise AssertionError("fitted a model on a support with nothing to hold out")
+
+    ys, ms, xs = torch.ones(3, 1, 2), torch.ones(3, 1), torch.zeros(3, 1, 1, 2)
+    evidence = held_out_evidence(fit_predict, torch.zeros(3, 1, 2), xs, ys, ms, torch.ones(2))
+    assert evidence.keep().tolist() == [False, False, False]
+    assert evidence.gain.tolist() == [0.0, 0.0, 0.0] and evidence.held_out.tolist() == [1.0, 1.0, 1.0]
+
+
 def test_a_positive_threshold_demands_evidence_beyond_noise():
     """``keep(z)``: the mean held-out gain must pass a one-sided t-test at level 1 − Φ(z). A
     listener whose gain is large on one held-out item and negative on the others has a
