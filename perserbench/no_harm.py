@@ -122,10 +122,10 @@ def held_out_evidence(fit_predict: FitPredict, unadapted_logits: torch.Tensor, x
     # A listener with fewer than 2 items cannot pass (:meth:`HeldOutEvidence.keep`), so when no
     # listener has 2, no model is fitted (at K = 1 the whole gate is free): the evidence is the
     # unadapted model against itself, no gain.
-    start = 0 if bool((ms.sum(-1) >= 2).any()) else n
+    first = 0 if bool((ms.sum(-1) >= 2).any()) else n
     adapted = []
     with torch.no_grad():
-        for start in range(start, n, per):
+        for start in range(first, n, per):
             sl = slice(start, start + per)
             x, y, m = cross_validation_sets(xs[sl], ys[sl], ms[sl], folds)
             queries = xs[sl].unsqueeze(1).expand(-1, v, *xs.shape[1:]).reshape(-1, *xs.shape[1:])

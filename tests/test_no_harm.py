@@ -198,5 +198,5 @@ def test_the_threshold_is_students_t_at_the_held_out_items_degrees_of_freedom():
     evidence = HeldOutEvidence(adapted_loss=torch.zeros(3) - gain, unadapted_loss=torch.zeros(3), held_out=held,
                                gain_se=se)
     assert 3.2 < stats.t.ppf(stats.norm.cdf(2.0), 3) < 3.4 and 2.0 < stats.t.ppf(stats.norm.cdf(2.0), 199) < 2.05
-    assert ((evidence.gain > 2.0 * se)).tolist() == [True, True, True]
+    assert (evidence.gain > 2.0 * se).tolist() == [True, True, True]
     assert evidence.keep(2.0).tolist() == [False, True, True]
