@@ -17,9 +17,10 @@ fitted method and one listener's support, so it keeps the runner's independence 
 V adaptations per listener, batched: the listener's V training sets are V rows of one batched
 computation. The decision comes first, so the adaptation on the whole support is run only for
 the listeners the gate keeps (:func:`adapt_kept`), and with one item per listener nothing is
-fitted at all (a gated ``finetune`` board run: 30-46 s -> 28-37 s, every record unchanged). Why V = 5 and not leave-one-out: the same items are scored, at a
-quarter of leave-one-out's adaptations at K = 20 (``synthetic-dev``: the same macro-F1 to
-0.001, and a gated ``finetune`` run about 15 % faster).
+fitted at all (the four gated methods on two board tasks: 0.89x the CPU, every record
+unchanged). Why V = 5 and not leave-one-out: the same items are scored, at a quarter of
+leave-one-out's adaptations at K = 20 (``synthetic-dev``: the same macro-F1 to 0.001, and a
+gated ``finetune`` run about 15 % faster).
 
 The score is the methods' own training loss, the class-balanced BCE per item (a proper scoring
 rule, so a model is not rewarded for being over-confident). With one support item there is
