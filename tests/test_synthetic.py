@@ -271,3 +271,22 @@ def test_data_inspect_unknown_corpus_is_one_line(capsys, monkeypatch):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown corpus 'nope'" in err[0]
+
+
+def test_the_generators_of_one_seed_share_one_read_only_world():
+    """The world is drawn once per seed (``shared_world``) and shared by every generator's
+    corpus: the same feature array, which no corpus can write to; and the stream resumes
+    where the world left it, so a corpus drawn with the world cached equals one drawn afresh."""
+    from perserbench.data.synthetic import shared_world
+
+    styles, prior_shift = generate(0), generate(0, generator="prior-shift")
+    assert styles.features["synthetic"] is prior_shift.features["synthetic"]
+    with pytest.raises(ValueError, match="read-only"):
+        prior_shift.features["synthetic"][0, 0, 0] = 1.0
+    cached = generate(0, generator="confusion", workload="zipf")
+    generate.cache_clear()
+    shared_world.cache_clear()
+    fresh = generate(0, generator="confusion", workload="zipf")
+    assert fresh is not cached
+    assert _fingerprint(fresh) == _fingerprint(cached)
+    np.testing.assert_array_equal(fresh.annotations.labels, cached.annotations.labels)

@@ -45,7 +45,15 @@ from perserbench.data.synthetic.prior_shift import draw_prior_shift
 from perserbench.data.synthetic.storage import feature_path, stored_features
 from perserbench.data.synthetic.styles import draw_styles
 from perserbench.data.synthetic.workload import WORKLOADS, assign_raters, listener_activity
-from perserbench.data.synthetic.world import DIM, LABELS, LAYERS, SPEAKERS, UTTERANCES, draw_world
+from perserbench.data.synthetic.world import (
+    DIM,
+    LABELS,
+    LAYERS,
+    SPEAKERS,
+    UTTERANCES,
+    World,
+    draw_world,
+)
 from perserbench.errors import PerserbenchError
 
 N_LISTENERS = 16  # the default
@@ -58,6 +66,21 @@ GENERATORS: dict[str, ListenerDraw] = {
     "confusion": draw_confusion,
     "prior-shift": draw_prior_shift,
 }
+
+
+@lru_cache(maxsize=4)
+def shared_world(seed: int, utterances: int, layers: int, dim: int, chunked: bool) -> tuple[World, dict]:
+    """The world of a corpus seed (:func:`draw_world`, the first draws of the seed's stream)
+    and the stream's state after it. Every generator of one seed shares the world, so the twelve
+    bundled synthetic tasks draw three worlds, not twelve (a draw is about 0.25 s of CPU, most of
+    ``perserbench tasks``); the corpora then share its arrays, which are read-only so that no
+    corpus can change another's."""
+    rng = np.random.default_rng(seed)
+    world = draw_world(rng, utterances, layers, dim, chunked=chunked)
+    for array in (world.emotion, world.similarity, world.features):
+        if array is not None:
+            array.setflags(write=False)
+    return world, rng.bit_generator.state
 
 
 @lru_cache(maxsize=8)
@@ -91,8 +114,9 @@ def generate(seed: int = 0, uniform: bool = False, generator: str = "styles", wo
             f"{utterances} × {layers} × {dim} float32 features are {utterances * layers * dim * 4 / 2**30:.1f} GiB "
             f"in memory (limit {MAX_IN_MEMORY_BYTES / 2**30:.0f} GiB); use dtype=float16, which streams them "
             "into the feature cache as a memory map")
+    world, stream = shared_world(seed, utterances, layers, dim, chunked=dtype != "float32")
     rng = np.random.default_rng(seed)
-    world = draw_world(rng, utterances, layers, dim, chunked=dtype != "float32")
+    rng.bit_generator.state = stream  # where the world's draws left the corpus's stream
     if world.recipe is not None:
         features = stored_features(world.recipe, feature_path(seed, utterances, layers, dim, dtype), dtype)
     else:
