@@ -4,10 +4,10 @@
 and biases). Its K = 20 score sits well under the oracle on some generators; this script
 separates the two reasons that can have: too few support items for the transform, or a
 transform family that cannot express the listener even when its parameters are known well.
-For every K = 20 episode of every fold it scores, on the episode's query:
+For every K = 20 episode of every fold it scores, on the episode's query (:data:`ROWS`):
 
 * ``consensus`` (the consensus model at 0.5, as on the board);
-* ``calibrate K=20`` (the method as it runs, on the episode's 20 support items);
+* ``calibrate K`` (the method as it runs, on the episode's 20 support items);
 * ``calibrate all`` (the same method, its support replaced by *all* of the listener's labels
   in the scenario's pool outside the query: ~440 seen, ~90 unseen; the family's ceiling at
   calibrate's own decision rule);
