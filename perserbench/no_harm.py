@@ -45,6 +45,8 @@ T = TypeVar("T")
 
 # Folds of the gate's cross-validation: K ≤ FOLDS is leave-one-out (every built-in's default).
 FOLDS = 5
+# What the gated methods' ``guard_folds`` config field is; each method adds its own evidence.
+FOLDS_DOC = "folds of the gate's cross-validation (perserbench.no_harm); K <= guard_folds is leave-one-out"
 
 
 @dataclass(frozen=True)
@@ -122,10 +124,12 @@ def held_out_evidence(fit_predict: FitPredict, unadapted_logits: torch.Tensor, x
     n, k = ms.shape
     fold, v = slot_folds(k, folds), fold_count(k, folds)
     per = max(1, chunk // v)
+    weight = ms.float()
+    held = weight.sum(-1)
     # A listener with fewer than 2 items cannot pass (:meth:`HeldOutEvidence.keep`), so when no
     # listener has 2, no model is fitted (at K = 1 the whole gate is free): the evidence is the
     # unadapted model against itself, no gain.
-    first = 0 if bool((ms.sum(-1) >= 2).any()) else n
+    first = 0 if bool((held >= 2).any()) else n
     adapted = []
     with torch.no_grad():
         for start in range(first, n, per):
@@ -135,8 +139,6 @@ def held_out_evidence(fit_predict: FitPredict, unadapted_logits: torch.Tensor, x
             out = fit_predict(x, y, m, queries).reshape(-1, v, k, ys.shape[-1])  # [n', V, K, C]
             adapted.append(out[:, fold, torch.arange(k)])  # item j scored by the model without fold(j)
         adapted_logits = torch.cat(adapted) if adapted else unadapted_logits
-        weight = ms.float()
-        held = weight.sum(-1)
         denom = held.clamp(min=1.0)
         adapted_items = item_loss(adapted_logits, ys, pos_weight)
         unadapted_items = item_loss(unadapted_logits, ys, pos_weight)

@@ -22,6 +22,7 @@ from perserbench.head import EmotionHead, _doc, head_for, positive_weights
 from perserbench.metalearn import COMBINED_INNER, MetaLearner
 from perserbench.method import Method, Predictor
 from perserbench.methods.consensus import ConsensusConfig, train_consensus
+from perserbench.no_harm import FOLDS, FOLDS_DOC
 from perserbench.registry import register_method
 
 INITS = ("random", "consensus")
@@ -73,9 +74,8 @@ class MamlConfig:
                              "synthetic-dev (mean macro-F1 over 8 cells; consensus 0.533): maml ungated/gated "
                              "0.545/0.547, meta-perser 0.543/0.544; gated, K=1 keeps the unadapted init "
                              "(meta-perser K=1 seen/unseen 0.514/0.522 -> 0.523/0.533)")
-    guard_folds: int = _doc(5, "folds of the gate's cross-validation (perserbench.no_harm); K <= guard_folds is "
-                               "leave-one-out (as finetune's, where 5 folds scored as leave-one-out at less cost)",
-                            ge=2)
+    guard_folds: int = _doc(FOLDS, FOLDS_DOC + " (as finetune's, where 5 folds scored as leave-one-out at less "
+                                               "cost)", ge=2)
     guard_z: float = _doc(2.0, "the gate's evidence level, as a normal quantile: adapt only where a one-sided "
                                "paired t-test of the per-item held-out gains passes at level 1 - Phi(z) (0 = "
                                "any gain). With the gate's first form (leave-one-out, gain > z*SE), maml, mean "

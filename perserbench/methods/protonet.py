@@ -43,7 +43,7 @@ from perserbench.head import EmotionHead, _doc, head_for, pool_features, positiv
 from perserbench.metalearn import EpisodeSampler, Params, meta_parameters, pad_supports
 from perserbench.method import FixedProbabilities, Method, Predictor
 from perserbench.methods.consensus import ConsensusConfig, train_consensus
-from perserbench.no_harm import choose, held_out_evidence
+from perserbench.no_harm import FOLDS, FOLDS_DOC, choose, held_out_evidence
 from perserbench.registry import register_method
 
 EMBED_PARAMS = ("layer_logits", "hidden.weight", "hidden.bias")
@@ -75,9 +75,8 @@ class ProtonetConfig:
                              "differs) ungated -0.008 (K>=10 cells -0.005 to -0.017), gated z 0/1/2 "
                              "-0.003/-0.001/-0.000; synthetic-dev ungated +0.006, gated z 0/1/2 "
                              "+0.005/+0.004/+0.002")
-    guard_folds: int = _doc(5, "folds of the gate's cross-validation (perserbench.no_harm); K <= guard_folds is "
-                               "leave-one-out (as finetune's, where 5 folds scored as leave-one-out at less cost)",
-                            ge=2)
+    guard_folds: int = _doc(FOLDS, FOLDS_DOC + " (as finetune's, where 5 folds scored as leave-one-out at less "
+                                               "cost)", ge=2)
     guard_z: float = _doc(2.0, "the gate's evidence level (as finetune's): keep the prototypes only where a "
                                "one-sided paired t-test of the per-item held-out gains passes at level 1 - Phi(z). "
                                "2 (figures under guard, with the gate's first form): the only setting with no "
