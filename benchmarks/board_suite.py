@@ -38,7 +38,7 @@ from pathlib import Path
 
 from perserbench.api import evaluate
 from perserbench.errors import PerserbenchError
-from perserbench.registry import make_config
+from perserbench.plugins import describe
 from perserbench.runner import planned_filename, write_result
 from perserbench.tasks import ResolvedTask, load_task
 
@@ -87,8 +87,8 @@ def existing(run: Run, out: Path) -> Path | None:
     older default config or an earlier version of the task is run again, not kept."""
     task = _task(run.task)
     episodes = task.spec.episodes
-    path = out / planned_filename(run.method, make_config(run.method), task, [0], episodes.scenarios, episodes.shots,
-                                  run.control)
+    path = out / planned_filename(run.method, describe(run.method).config_hash, task, [0], episodes.scenarios,
+                                  episodes.shots, run.control)
     return path if path.exists() else None
 
 

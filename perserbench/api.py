@@ -84,12 +84,12 @@ def evaluate(
     :class:`~perserbench.errors.PerserbenchError` on bad input and
     :class:`~perserbench.runner.AuditError` when the method fails the independence audit.
     """
-    from perserbench.registry import get_method
+    from perserbench.plugins import describe
     from perserbench.runner import run, total_steps
     from perserbench.tasks import ResolvedTask, load_task
 
     if isinstance(method, str):
-        get_method(method)  # an unknown name fails before any data is loaded
+        describe(method, config)  # an unknown name or a bad override fails before any data is loaded
     scenario_list = _scenarios(scenarios)
     seed_list = _ints(seeds, "seeds")
     if isinstance(task, ResolvedTask):

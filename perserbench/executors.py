@@ -46,12 +46,12 @@ def _resolved(task: str, corpus_options: tuple[tuple[str, Any], ...]):
 
 def expected_path(job: SweepJob) -> Path:
     """The file the job will write; known before running, which is what makes resuming cheap."""
-    from perserbench.registry import make_config
+    from perserbench.plugins import describe
     from perserbench.runner import planned_filename
 
-    config = make_config(job.method, dict(job.config))
+    config_key = describe(job.method, dict(job.config)).config_hash
     task = _resolved(job.task, job.corpus_options)
-    return Path(job.out_dir) / planned_filename(job.method, config, task, [job.seed], job.scenarios, job.shots)
+    return Path(job.out_dir) / planned_filename(job.method, config_key, task, [job.seed], job.scenarios, job.shots)
 
 
 def is_done(job: SweepJob) -> bool:
@@ -80,10 +80,10 @@ def run_job(job: SweepJob) -> str:
 def plan(methods: Sequence[str], tasks: Sequence[str], seeds: Sequence[int], shots: Sequence[int] | None,
          scenarios: Sequence[str] | None, out_dir: Path, config: dict[str, str] | None = None,
          corpus_options: dict[str, Any] | None = None) -> list[SweepJob]:
-    from perserbench.registry import get_method
+    from perserbench.plugins import describe
 
     for m in methods:
-        get_method(m)
+        describe(m, config)
     jobs = []
     opts = tuple(sorted((corpus_options or {}).items()))
     for task, method, seed in itertools.product(tasks, methods, seeds):

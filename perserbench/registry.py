@@ -2,11 +2,12 @@
 ``methods/``; third-party packages expose an entry point in group ``perserbench.methods``
 (the entry point's object is the method class, or a module that registers on import).
 
-A plugin's code is loaded only when it is asked for by name (:func:`get_method`) or when every
-method is listed (:func:`method_names`, ``perserbench methods``). Loading runs the plugin's
-import-time code in the calling process, which for a run is the runner, beside the task and
-its ground truth; so running a built-in method (the board's suite) or another plugin never
-loads an installed plugin, and :func:`builtin_names` lists the built-ins without loading any.
+Loading a plugin runs its import-time code in the calling process, so this module loads one
+only when asked for by name (:func:`get_method`) or when every method is listed
+(:func:`method_names`, ``perserbench methods``), and :func:`builtin_names` lists the built-ins
+without loading any. A *run* never loads a plugin here at all: the runner holds the task and
+its ground truth, so it learns a plugin's config from a data-free process and has the plugin
+imported only in its fold workers (:mod:`perserbench.plugins`).
 """
 
 from __future__ import annotations
@@ -91,9 +92,20 @@ def builtin_names() -> list[str]:
 
 
 def registered_modules() -> list[str]:
-    """The modules that define the methods registered so far (entry points not loaded yet
-    are not listed)."""
-    return sorted({cls.__module__ for cls in _REGISTRY.values()})
+    """The modules that define the methods registered so far, installed plugins excepted:
+    a plugin is imported only where its own method runs (:mod:`perserbench.plugins`), never
+    in a process shared with other methods such as the sealed runner's forkserver."""
+    return sorted({cls.__module__ for name, cls in _REGISTRY.items() if not _SOURCES.get(name, "").startswith("plugin ")})
+
+
+def is_plugin(name: str) -> bool:
+    """Whether ``name`` is an installed plugin's (an entry point in ``perserbench.methods``),
+    not a built-in or a class registered in this process; decided without loading it."""
+    _load_builtins()
+    source = _SOURCES.get(name)
+    if source is not None:
+        return source.startswith("plugin ")
+    return name in entry_points(group=ENTRY_POINT_GROUP).names
 
 
 def method_names() -> list[str]:
@@ -109,6 +121,16 @@ def get_method(name: str) -> type[Method]:
     if name not in _REGISTRY:
         known = sorted({*_REGISTRY, *entry_points(group=ENTRY_POINT_GROUP).names})  # names only: nothing loaded
         raise PerserbenchError(f"unknown method {name!r}; known methods: {', '.join(known)}")
+    return _REGISTRY[name]
+
+
+def load_plugin(name: str) -> type[Method]:
+    """The installed plugin ``name``, loaded alone: no built-in method is imported, which
+    keeps the process that describes a plugin (:mod:`perserbench.plugins`) at torch's import."""
+    if name not in _REGISTRY:
+        _load_entry_points(name)
+    if name not in _REGISTRY:
+        raise PerserbenchError(f"unknown method {name!r}: no installed plugin has that name")
     return _REGISTRY[name]
 
 
@@ -192,10 +214,11 @@ def _field_problem(f: dataclasses.Field, value: Any) -> str | None:
 _WITHIN = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b, "lt": lambda v, b: v < b}
 
 
-def make_config(name: str, overrides: dict[str, str] | None = None) -> Any:
-    """The method's Config with ``key=value`` string overrides parsed to the field types and
-    checked against the declared ranges (:func:`check_config`)."""
-    cls = get_method(name).Config
+def make_config(name: str, overrides: dict[str, str] | None = None, method: type[Method] | None = None) -> Any:
+    """The Config of method ``name`` (the class ``method`` when given, else the registered
+    one) with ``key=value`` string overrides parsed to the field types and checked against
+    the declared ranges (:func:`check_config`)."""
+    cls = (method or get_method(name)).Config
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}

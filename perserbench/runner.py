@@ -55,7 +55,8 @@ from perserbench.method import (
     is_reference,
 )
 from perserbench.metrics import class_counts, episode_metrics, listener_aggregates, summarize
-from perserbench.registry import check_config, create_method, get_method
+from perserbench.plugins import MethodDescription, PluginRecipe, describe
+from perserbench.registry import check_config, create_method
 from perserbench.results import SCHEMA_VERSION, EpisodeRecord, RunResult, save_result
 from perserbench.sealed import PendingUnit, Prediction, SealedMethod
 from perserbench.tasks import SCENARIOS, ListenerFold, ResolvedTask
@@ -134,11 +135,17 @@ class _Audit:
                 "tolerance": AUDIT_TOLERANCE}
 
 
-def _instantiate(method: MethodSpec, overrides: dict[str, str] | None, seed: int) -> Method:
+def _instantiate(method: MethodSpec, description: MethodDescription | None, overrides: dict[str, str] | None,
+                 seed: int) -> Method | PluginRecipe:
     """A fresh method object for one fold: from a registered name, a class, or (copied) an
-    instance, so no state is shared between folds even in the caller's process."""
-    if isinstance(method, str):
-        return create_method(method, overrides, seed=seed)
+    instance, so no state is shared between folds even in the caller's process. An installed
+    plugin's name gives a :class:`~perserbench.plugins.PluginRecipe` instead: the plugin is
+    imported in its fold workers only, never here beside the task."""
+    if description is not None:
+        if description.plugin:
+            return PluginRecipe(description.name, tuple(sorted((overrides or {}).items())), seed,
+                                description.config_hash)
+        return create_method(description.name, overrides, seed=seed)
     if overrides:
         raise PerserbenchError("config overrides apply to registered method names; configure the object instead")
     if isinstance(method, type):
@@ -161,10 +168,17 @@ def method_label(method: MethodSpec) -> str:
     return cls.name or cls.__name__
 
 
-def _check_reference(method: Method) -> None:
-    if is_reference(method) and not type(method).__module__.startswith("perserbench.methods."):
+def _describe(method: MethodSpec, model: Method) -> MethodDescription:
+    """The description of a method given as a class or an instance (the caller's own code)."""
+    name = method_label(method)
+    return MethodDescription(name, type(model).__module__, config_dict(model.config), config_hash(name, model.config),
+                             is_reference(model), plugin=False)
+
+
+def _check_reference(description: MethodDescription) -> None:
+    if description.reference and (description.plugin or not description.module.startswith("perserbench.methods.")):
         raise PerserbenchError(
-            f"method {method_label(method)!r} declares itself a reference ({type(method).__module__}); references "
+            f"method {description.name!r} declares itself a reference ({description.module}); references "
             "receive privileged data, so only perserbench's built-in methods may be references"
         )
 
@@ -189,8 +203,13 @@ def run(
     listener's query; own-support score minus this is the personalization gain."""
     if control not in CONTROLS:
         raise PerserbenchError(f"unknown control {control!r}; choose one of {', '.join(CONTROLS)}")
-    if isinstance(method, str):
-        get_method(method)  # an unknown name fails before any work
+    # An unknown name or a bad override fails before any work; a plugin is described by a probe.
+    named = describe(method, config_overrides) if isinstance(method, str) else None
+    description = named or _describe(method, _instantiate(method, None, config_overrides, 0))
+    _check_reference(description)
+    reference = description.reference
+    if reference and control != "own":
+        raise PerserbenchError(f"{description.name!r} is a reference; the {control} control applies to methods only")
     scenarios = tuple(scenarios or task.spec.episodes.scenarios)
     shots, seeds = tuple(sorted(set(shots))), tuple(seeds)
     bad_seeds = [s for s in seeds if not isinstance(s, int) or isinstance(s, bool) or s < 0]
@@ -202,14 +221,9 @@ def run(
     started = time.perf_counter()
     records: list[EpisodeRecord] = []
     audit = _Audit()
-    config, reference = None, False
     for seed in seeds:
-        models = [_instantiate(method, config_overrides, _derived_seed(seed, fold.index)) for fold in task.folds]
-        for model in models:
-            _check_reference(model)
-        config, reference = models[0].config, is_reference(models[0])
-        if reference and control != "own":
-            raise PerserbenchError(f"{name!r} is a reference; the {control} control applies to methods only")
+        models = [_instantiate(method, named, config_overrides, _derived_seed(seed, fold.index))
+                  for fold in task.folds]
         if reference:
             for fold, model in zip(task.folds, models):
                 torch.manual_seed(_derived_seed(seed, fold.index))
@@ -242,7 +256,7 @@ def run(
         perserbench_version=perserbench.__version__,
         git_revision=_git_revision(),
         task={"name": task.spec.name, "version": task.spec.version, "hash": split_hash(task)},
-        method={"name": name, "config": config_dict(config), "config_hash": config_hash(name, config),
+        method={"name": name, "config": description.config, "config_hash": description.config_hash,
                 "reference": reference, "control": control},
         seeds=list(seeds),
         scenarios=list(scenarios),
@@ -375,14 +389,15 @@ def result_filename(result: RunResult) -> str:
             f"__t{str(result.task['hash'])[:8]}{control_suffix(result.method.get('control', 'own'))}.json")
 
 
-def planned_filename(method: str, config: Any, task: ResolvedTask, seeds: Sequence[int], scenarios: Sequence[str],
-                     shots: Sequence[int], control: str = "own") -> str:
-    """The file name a run of ``method`` with ``config`` will write (:func:`result_filename`),
+def planned_filename(method: str, config_key: str, task: ResolvedTask, seeds: Sequence[int],
+                     scenarios: Sequence[str], shots: Sequence[int], control: str = "own") -> str:
+    """The file name a run of ``method`` whose config hashes to ``config_key``
+    (:attr:`~perserbench.plugins.MethodDescription.config_hash`) will write (:func:`result_filename`),
     known before running: what lets a sweep or a board regeneration skip finished runs, and
     only those (a file of another config, such as an older default, or of an edited task is
     not this run's)."""
     stub = RunResult(SCHEMA_VERSION, "", None, {"name": task.spec.name, "hash": split_hash(task)},
-                     {"name": method, "config_hash": config_hash(method, config), "control": control},
+                     {"name": method, "config_hash": config_key, "control": control},
                      list(seeds), list(scenarios), sorted(set(shots)), [], [], [], 0.0, {})
     return result_filename(stub)
 

@@ -6,7 +6,8 @@ processes can. The runner never calls a method in its own process. Instead:
 
 * **One fold worker per (seed, fold)**, forked from a multiprocessing *forkserver*. The
   forkserver is a fresh interpreter that has imported torch, perserbench and the modules that
-  define the methods to run (:func:`method_modules`: code, never data) and nothing else,
+  define the methods to run (:func:`method_modules`: code, never data, and never an installed
+  plugin's, which its own fold workers import: :mod:`perserbench.plugins`) and nothing else,
   so the worker starts with no task, corpus, annotation table or ground truth anywhere in its
   memory (``gc.get_objects()`` or the call stack shows none). It receives the method (pickled
   with cloudpickle, so a class defined in a notebook works too) and the fold's
@@ -66,6 +67,7 @@ import torch
 from perserbench.episodes import Items, LabelledItems, MetaTrainSet
 from perserbench.errors import PerserbenchError
 from perserbench.method import Method
+from perserbench.plugins import PluginRecipe
 
 _CONTEXT: multiprocessing.context.BaseContext | None = None
 _EXTRA_PRELOAD: list[str] = []
@@ -112,19 +114,22 @@ def preload(*modules: str) -> None:
     _EXTRA_PRELOAD.extend(m for m in modules if m not in _EXTRA_PRELOAD)
 
 
-def method_modules(method: Method) -> list[str]:
+def method_modules(method: Method | PluginRecipe) -> list[str]:
     """The modules besides perserbench that the forkserver imports for ``method``'s run: the
-    method's own, every registered method's (plugins, a conftest's), and :func:`preload`'s.
+    method's own, every method's registered in this process (a conftest's), and
+    :func:`preload`'s. Never an installed plugin's: the forkserver serves every run of the
+    process, and a plugin is imported only in its own fold workers (:mod:`perserbench.plugins`).
     A class defined in ``__main__`` travels by value instead (cloudpickle), and a module that
     is not importable by name (no ``__spec__``) is left to the worker."""
     from perserbench.registry import registered_modules
 
-    derived = [type(method).__module__, *registered_modules()]
+    own = [] if isinstance(method, PluginRecipe) else [type(method).__module__]
+    derived = [*own, *registered_modules()]
     importable = [m for m in derived if m != "__main__" and getattr(sys.modules.get(m), "__spec__", None) is not None]
     return list(dict.fromkeys([*importable, *_EXTRA_PRELOAD]))
 
 
-def _context(method: Method) -> multiprocessing.context.BaseContext:
+def _context(method: Method | PluginRecipe) -> multiprocessing.context.BaseContext:
     """The forkserver context, its server preloaded with what every worker needs
     (:func:`preload_modules`, so a worker starts in milliseconds) and with nothing the runner
     holds. The first call starts the server for ``method`` (:func:`method_modules`).
@@ -177,9 +182,11 @@ def _without_main_module() -> Iterator[None]:
 
 class SealedMethod:
     """A meta-fitted method living in its own fold worker; :meth:`predict` runs one isolation
-    unit in a fresh process. Use as a context manager (the worker is stopped on exit)."""
+    unit in a fresh process. Use as a context manager (the worker is stopped on exit).
+    ``method`` is a method object (pickled to the worker) or, for an installed plugin, the
+    :class:`~perserbench.plugins.PluginRecipe` the worker builds it from."""
 
-    def __init__(self, method: Method, train: MetaTrainSet, torch_seed: int) -> None:
+    def __init__(self, method: Method | PluginRecipe, train: MetaTrainSet, torch_seed: int) -> None:
         self.name = method.name or type(method).__name__
         self._cleanup: weakref.finalize | None = None
         if train.features.file_backed:  # in-memory features pickle as the fold's rows alone already
@@ -334,6 +341,8 @@ def _fold_worker(conn: Connection) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     try:
         method = cloudpickle.loads(conn.recv_bytes())
+        if isinstance(method, PluginRecipe):
+            method = method.build()  # the plugin's import-time code runs here, never in the runner
         train, torch_seed = pickle.loads(conn.recv_bytes())
         torch.manual_seed(torch_seed)
         method.meta_fit(train)

@@ -15,6 +15,7 @@ import torch
 from perserbench.episodes import Items, LabelledItems, MetaTrainSet, episode_items, sample_episodes
 from perserbench.hugepages import collapse_anonymous_memory
 from perserbench.method import Method
+from perserbench.plugins import PluginRecipe
 from perserbench.registry import register_method
 from perserbench.sealed import SealedMethod, method_modules, preload_modules
 
@@ -86,3 +87,10 @@ def test_the_forkserver_imports_the_modules_of_the_run_and_of_registered_methods
     assert method_modules(main_class(seed=0)) == [__name__, "my_plugin_helpers"]
     monkeypatch.setattr(registry, "_REGISTRY", {"consensus": consensus})
     assert method_modules(main_class(seed=0)) == ["perserbench.methods.consensus", "my_plugin_helpers"]
+    # An installed plugin, even once loaded here, is imported by its own fold workers only:
+    # the forkserver serves every run of the process.
+    plugin_class = type("FromPlugin", (_Registered,), {"__module__": "some_installed_plugin"})
+    monkeypatch.setitem(registry._REGISTRY, "from-plugin", plugin_class)
+    monkeypatch.setitem(registry._SOURCES, "from-plugin", "plugin some-installed-plugin")
+    recipe = PluginRecipe("from-plugin", (), 0, "0" * 12)
+    assert method_modules(recipe) == ["perserbench.methods.consensus", "my_plugin_helpers"]

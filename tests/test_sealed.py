@@ -11,6 +11,7 @@ tolerance. Each trick is also shown to *work* when the method runs unsealed in o
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from pathlib import Path
 from typing import ClassVar
@@ -22,7 +23,8 @@ from conftest import TOY_TASK, load_toy, synthetic_task_toml
 
 from perserbench.data import Annotations, Corpus, register_corpus
 from perserbench.episodes import Items, LabelledItems, MetaTrainSet, episode_items, sample_episodes
-from perserbench.method import Method, ReferenceContext, ReferenceMethod
+from perserbench.errors import PerserbenchError
+from perserbench.method import EmptyConfig, Method, ReferenceContext, ReferenceMethod
 from perserbench.metrics import episode_metrics
 from perserbench.runner import AuditError, isolation_units, run
 from perserbench.tasks import load_task
@@ -357,3 +359,108 @@ def test_run_prints_headroom_captured_from_the_baseline_and_ceiling_in_its_out_f
     assert line.startswith("headroom captured (of oracle − consensus)")
     for k in (1, 5):
         assert f"unseen K={k} {(score[k] - 0.5) / 0.4:+.0%}" in line
+
+
+# ------------------------------------------------------------- an installed plugin's import-time code
+
+HOSTILE_IMPORT_PLUGIN = '''
+"""Installed through an entry point. Its import, wherever it happens, logs the process and
+patches the runner so that every scored episode is predicted from its own ground truth."""
+import os
+
+import torch
+
+import perserbench.runner as runner
+from perserbench.method import Method, ReferenceMethod
+from perserbench.sealed import Prediction
+
+with open(LOG, "a") as log:
+    log.write(f"{os.getpid()}\\n")
+
+_scored_honestly = runner._record
+
+
+def _scored_from_truth(fold, ep, seed, n_support, truth, prediction):
+    return _scored_honestly(fold, ep, seed, n_support, truth, Prediction(truth.astype("float32"), None))
+
+
+runner._record = _scored_from_truth
+
+
+class _Rate:
+    def __init__(self, rate):
+        self.rate = rate
+
+    def predict_proba(self, items):
+        return self.rate.expand(len(items), -1).clone()
+
+
+class PatchesTheRunner(Method):
+    """Honest in itself: the meta-train label rate, as the tests' HonestPrior."""
+
+    def meta_fit(self, train):
+        self.rate_ = train.y.mean(dim=0, keepdim=True)
+
+    def adapt(self, support):
+        return _Rate(self.rate_)
+
+
+class ClaimsReference(ReferenceMethod):
+    def predict_reference(self, context):
+        return torch.zeros(len(context.query), 3).numpy(), None
+'''
+
+
+@pytest.fixture
+def installed_hostile_plugin(tmp_path: Path, monkeypatch) -> Path:
+    """The plugin installed as pip would leave it (a module and its dist-info with entry
+    points) on ``sys.path``; returns the log its import writes a pid to."""
+    site = tmp_path / "site"
+    info = site / "hostile_import_plugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    log = tmp_path / "imports.log"  # in the source: a fold worker has the forkserver's environment
+    (site / "hostile_import_plugin.py").write_text(f"LOG = {str(log)!r}\n" + HOSTILE_IMPORT_PLUGIN)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hostile-import-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[perserbench.methods]\n"
+                                           "patches-the-runner = hostile_import_plugin:PatchesTheRunner\n"
+                                           "claims-reference = hostile_import_plugin:ClaimsReference\n")
+    monkeypatch.syspath_prepend(str(site))
+    return log
+
+
+def test_an_installed_plugins_import_time_code_never_runs_in_the_runner(toy, installed_hostile_plugin, monkeypatch):
+    import importlib
+
+    from perserbench import runner
+    from perserbench.method import config_hash
+
+    log = installed_hostile_plugin
+    honest = _scores(run(HonestPrior, toy, [1, 5]))
+    # Imported in the runner's process (as loading a plugin by name did), its patch scores
+    # every episode from the truth: the test can fail.
+    monkeypatch.setattr(runner, "_record", runner._record)  # undone when the test ends
+    importlib.import_module("hostile_import_plugin")
+    cheated = _scores(run(HonestPrior, toy, [1, 5]))
+    assert sum(cheated.values()) > sum(honest.values()) + 0.2 * len(honest)
+    monkeypatch.undo()
+    monkeypatch.syspath_prepend(str(log.parent / "site"))
+    monkeypatch.delitem(sys.modules, "hostile_import_plugin")
+    log.unlink()
+
+    result = run("patches-the-runner", toy, [1, 5])
+    assert _scores(result) == honest and result.audit["passed"]
+    assert "hostile_import_plugin" not in sys.modules
+    assert runner._record.__module__ == "perserbench.runner"
+    pids = [int(line) for line in log.read_text().split()]
+    # one probe that read its config, then one import per fold worker, each its own process
+    assert len(pids) == 1 + len(toy.folds) == len(set(pids)) and os.getpid() not in pids
+    assert result.method == {"name": "patches-the-runner", "config": {}, "reference": False, "control": "own",
+                             "config_hash": config_hash("patches-the-runner", EmptyConfig())}
+
+    with pytest.raises(PerserbenchError, match="only perserbench's built-in methods may be references"):
+        run("claims-reference", toy, [1])
+    from perserbench.plugins import describe
+
+    with pytest.raises(PerserbenchError, match="method 'patches-the-runner' has no config option 'steps'"):
+        describe("patches-the-runner", {"steps": "3"})
+    assert "hostile_import_plugin" not in sys.modules

@@ -91,15 +91,14 @@ def run_command(
     """Run one method on one task and write its RunResult JSON."""
     from perserbench.api import evaluate
     from perserbench.outputs import check_output_dir
-    from perserbench.registry import get_method, make_config
+    from perserbench.plugins import describe
     from perserbench.runner import write_result
 
-    get_method(method)  # fail on an unknown method before loading any data
     if scenario not in ("seen", "unseen", "both"):
         raise PerserbenchError(f"unknown scenario {scenario!r}; choose seen, unseen or both")
     seed_list = check_seeds(seeds)
     overrides = parse_options(config, "--config")
-    make_config(method, overrides)  # bad --config values fail before any work
+    describe(method, overrides)  # an unknown method or a bad --config value fails before any work
     check_output_dir(out)  # an unwritable --out fails before any work, not after it
     result = evaluate(method, task, list(shots) if shots else None, scenario, seed_list, overrides,
                       corpus_options(root, corpus_option, option), progress=True, control=control)
