@@ -22,7 +22,9 @@ processes can. The runner never calls a method in its own process. Instead:
   worker, and before any method code runs the unit closes its copy of the control socket, so
   a unit (or anything it leaves running) cannot read a later unit's data. It answers with
   query probabilities (and optional per-class thresholds) and exits; nothing it learned
-  survives it. A method that leaves Python threads running after ``meta_fit`` is refused: such
+  survives it. Everything a fold worker or a unit sends the runner is decoded by
+  :mod:`perserbench.wire`, never unpickled: unpickling runs code, and these processes run the
+  method's. A method that leaves Python threads running after ``meta_fit`` is refused: such
   a thread would live on in the fold worker beside every unit.
 * **A private feature file per fold worker** when a corpus is memory-mapped (the scale task):
   a reference to the feature cache's file would reach every utterance, the held-out pool's
@@ -64,6 +66,7 @@ import cloudpickle
 import numpy as np
 import torch
 
+from perserbench import wire
 from perserbench.episodes import Items, LabelledItems, MetaTrainSet
 from perserbench.errors import PerserbenchError
 from perserbench.method import Method
@@ -234,20 +237,19 @@ class SealedMethod:
         if self._cleanup is not None:
             self._cleanup()
 
-    def _expect(self, kind: str, stage: str) -> tuple[Any, ...]:
+    def _expect(self, kind: str, stage: str) -> None:
         try:
-            message = self._conn.recv()
+            message = wire.decode(self._conn.recv_bytes())
         except (EOFError, OSError):
             code = self._process.exitcode
             raise MethodError(f"method {self.name!r}: its worker died during {stage} (exit code {code}); "
                               "run it alone to see its own error") from None
-        if not isinstance(message, tuple) or not message:
+        except wire.ProtocolError:
+            message = wire.Message("", "", [])
+        if message.kind == "error":
+            raise MethodError(f"method {self.name!r} raised during {stage}: {message.text}")
+        if message.kind != kind or message.arrays:
             raise MethodError(f"method {self.name!r}: broke the worker protocol during {stage}")
-        if message[0] == "error":
-            raise MethodError(f"method {self.name!r} raised during {stage}: {message[1]}")
-        if message[0] != kind:
-            raise MethodError(f"method {self.name!r}: broke the worker protocol during {stage}")
-        return message
 
     def predict(self, supports: list[LabelledItems], queries: list[Items], torch_seed: int,
                 stage: str = "adapt") -> list[Prediction]:
@@ -277,20 +279,24 @@ class SealedMethod:
     def collect(self, pending: PendingUnit) -> list[Prediction]:
         stage = pending.stage
         try:
-            message = pending.conn.recv()
+            message = wire.decode(pending.conn.recv_bytes())
         except (EOFError, OSError):
             raise MethodError(f"method {self.name!r}: its unit process died during {stage} without an answer; "
                               "run it alone to see its own error") from None
+        except wire.ProtocolError:
+            message = wire.Message("", "", [])
         finally:
             pending.conn.close()
-        if not isinstance(message, tuple) or len(message) != 2 or message[0] not in ("ok", "error"):
+        if message.kind == "error":
+            raise MethodError(f"method {self.name!r} raised during {stage}: {message.text}")
+        probas, thresholds = message.arrays[0::2], message.arrays[1::2]
+        if message.kind != "ok" or len(probas) != len(thresholds) or any(p is None for p in probas):
             raise MethodError(f"method {self.name!r}: broke the unit protocol during {stage}")
-        if message[0] == "error":
-            raise MethodError(f"method {self.name!r} raised during {stage}: {message[1]}")
-        if not isinstance(message[1], list) or len(message[1]) != len(pending.query_sizes):
-            raise MethodError(f"method {self.name!r} during {stage}: answered {len(message[1])} episodes for "
+        if len(probas) != len(pending.query_sizes):
+            raise MethodError(f"method {self.name!r} during {stage}: answered {len(probas)} episodes for "
                               f"{len(pending.query_sizes)}")
-        return [_checked(self.name, stage, p, n) for p, n in zip(message[1], pending.query_sizes, strict=True)]
+        return [_checked(self.name, stage, p, t, n)
+                for p, t, n in zip(probas, thresholds, pending.query_sizes, strict=True)]
 
 
 def _pack(supports: list[LabelledItems], queries: list[Items]) -> tuple[list[tuple[np.ndarray, np.ndarray]],
@@ -316,9 +322,8 @@ class PendingUnit:
     stage: str
 
 
-def _checked(name: str, stage: str, raw: Any, n_query: int) -> Prediction:
-    proba, thresholds = raw
-    if not isinstance(proba, np.ndarray) or proba.ndim != 2 or proba.shape[0] != n_query:
+def _checked(name: str, stage: str, proba: np.ndarray, thresholds: np.ndarray | None, n_query: int) -> Prediction:
+    if proba.ndim != 2 or proba.shape[0] != n_query:
         raise MethodError(f"method {name!r} during {stage}: predict_proba must return [n_query={n_query}, C] "
                           f"probabilities, got {getattr(proba, 'shape', type(proba).__name__)}")
     if not np.isfinite(proba).all() or proba.min() < 0.0 or proba.max() > 1.0:
@@ -350,9 +355,9 @@ def _fold_worker(conn: Connection) -> None:
         if len(sys._current_frames()) > 1:
             raise MethodError("meta_fit left threads running; a sealed worker runs no thread beside its units")
     except BaseException as exc:  # noqa: BLE001 - reported to the runner as one line
-        conn.send(("error", _describe(exc)))
+        conn.send_bytes(wire.encode("error", _describe(exc)))
         return
-    conn.send(("ready",))
+    conn.send_bytes(wire.encode("ready"))
     # Move everything alive now out of the collector's reach: a unit's garbage collections then
     # never touch (and so never copy-on-write) the fold worker's pages, which keeps forks cheap.
     gc.collect()
@@ -377,7 +382,7 @@ def _fold_worker(conn: Connection) -> None:
             finally:
                 os._exit(code)
         theirs.close()
-        conn.send(("unit",))
+        conn.send_bytes(wire.encode("unit"))
         send_handle(conn, ours.fileno(), 0)  # the pid argument is used on Windows only
         ours.close()
 
@@ -390,7 +395,7 @@ def _run_unit(unit: Connection, method: Method) -> None:
         predictors = method.adapt_many(supports)
         if len(predictors) != len(supports):
             raise MethodError(f"adapt_many returned {len(predictors)} predictors for {len(supports)} supports")
-        answer = []
+        answer: list[np.ndarray | None] = []  # proba, thresholds of each episode in turn
         for predictor, query in zip(predictors, queries, strict=True):
             with torch.no_grad():
                 proba = predictor.predict_proba(query)
@@ -398,11 +403,12 @@ def _run_unit(unit: Connection, method: Method) -> None:
             thresholds = getattr(predictor, "thresholds", None)
             if thresholds is not None:
                 thresholds = torch.as_tensor(thresholds).detach().cpu().to(torch.float64).numpy()
-            answer.append((proba, thresholds))
+            answer += [proba, thresholds]
+        message = wire.encode("ok", arrays=answer)
     except BaseException as exc:
-        unit.send(("error", _describe(exc)))
+        unit.send_bytes(wire.encode("error", _describe(exc)))
         raise
-    unit.send(("ok", answer))
+    unit.send_bytes(message)
 
 
 def _describe(exc: BaseException) -> str:

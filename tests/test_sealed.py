@@ -139,6 +139,75 @@ class HonestPrior(_PriorFallback):
         return [_Answer({}, self.rate_) for _ in supports]
 
 
+# Run by whoever unpickles a payload below: scores every episode from its own ground truth.
+PATCH_THE_RUNNER = """
+import perserbench.runner as runner
+from perserbench.sealed import Prediction
+if not getattr(runner._record, "from_truth", False):
+    honest = runner._record
+    def from_truth(fold, ep, seed, n_support, truth, prediction):
+        return honest(fold, ep, seed, n_support, truth, Prediction(truth.astype("float32"), None))
+    from_truth.from_truth = True
+    runner._record = from_truth
+"""
+
+
+class _RunsCode:
+    """Pickles as ``eval(expression)``: unpickling it runs code."""
+
+    def __init__(self, expression: str) -> None:
+        self.expression = expression
+
+    def __reduce__(self):
+        return eval, (self.expression,)
+
+
+def _payload(value: str) -> _RunsCode:
+    """Unpickles into ``eval(value)``, after running PATCH_THE_RUNNER."""
+    return _RunsCode(f"(exec({PATCH_THE_RUNNER!r}, {{}}), {value})[1]")
+
+
+class AnswersWithAPickle(HonestPrior):
+    """Replaces the unit's body (a global of the fold worker's module, looked up for every
+    unit) by one that answers with honest probabilities wrapped in a payload."""
+
+    def meta_fit(self, train: MetaTrainSet) -> None:
+        super().meta_fit(train)
+        import pickle
+
+        from perserbench import sealed
+
+        rate = self.rate_[0].tolist()
+
+        def hostile_unit(unit, method):
+            _, _, queries = pickle.loads(unit.recv_bytes())
+            answer = ", ".join(f"(np.tile(np.array({rate}, dtype='float32'), ({len(q)}, 1)), None)" for q in queries)
+            unit.send(("ok", _payload(f"(lambda np: [{answer}])(__import__('numpy'))")))
+
+        sealed._run_unit = hostile_unit
+
+
+class ReportsReadyWithAPickle(HonestPrior):
+    """Has the fold worker's "ready" message to the runner carry a payload, however the
+    worker sends it (a pickled tuple, or bytes that name the kind)."""
+
+    def meta_fit(self, train: MetaTrainSet) -> None:
+        super().meta_fit(train)
+        import pickle
+        from multiprocessing.connection import Connection
+
+        send, send_bytes = Connection.send, Connection.send_bytes
+        ready = pickle.dumps(("ready", _payload("None")))
+
+        def hostile_send(conn, message):
+            send(conn, ("ready", _payload("None")) if message == ("ready",) else message)
+
+        def hostile_send_bytes(conn, buf, *args):
+            send_bytes(conn, ready if b'"ready"' in bytes(buf) else buf, *args)
+
+        Connection.send, Connection.send_bytes = hostile_send, hostile_send_bytes
+
+
 class SelfDeclaredReference(ReferenceMethod):
     """A plugin claiming the privileged reference path."""
 
@@ -464,3 +533,21 @@ def test_an_installed_plugins_import_time_code_never_runs_in_the_runner(toy, ins
     with pytest.raises(PerserbenchError, match="method 'patches-the-runner' has no config option 'steps'"):
         describe("patches-the-runner", {"steps": "3"})
     assert "hostile_import_plugin" not in sys.modules
+
+
+@pytest.mark.parametrize("hostile,channel", [(AnswersWithAPickle, "unit"), (ReportsReadyWithAPickle, "worker")])
+def test_a_methods_process_cannot_run_code_in_the_runner_through_what_it_sends(toy, monkeypatch, hostile, channel):
+    """Unpickling runs code, so the runner reads nothing a method's process sends with pickle."""
+    import pickle
+
+    from perserbench import runner
+    from perserbench.sealed import MethodError
+
+    honest_record = runner._record
+    monkeypatch.setattr(runner, "_record", honest_record)  # undone when the test ends
+    pickle.loads(pickle.dumps(_payload("None")))  # the payload is live: unpickled here, it patches the runner
+    assert runner._record.from_truth
+    runner._record = honest_record
+    with pytest.raises(MethodError, match=f"method '{hostile.__name__}': broke the {channel} protocol"):
+        run(hostile, toy, [1])
+    assert runner._record is honest_record
