@@ -118,8 +118,13 @@ def _probe(name: str, overrides: tuple[tuple[str, str], ...]) -> MethodDescripti
             raise PerserbenchError(f"plugin {name!r}: the process that loads it to read its config exited with code "
                                    f"{done.returncode} ({last}); run `perserbench methods` to see the error")
         reply = json.loads(answer.read_text(encoding="utf-8"))
-    if "error" in reply:
-        raise PerserbenchError(reply["error"])
+    if isinstance(reply, dict) and set(reply) == {"error"}:
+        raise PerserbenchError(str(reply["error"]))
+    types = {"name": str, "module": str, "config": dict, "config_hash": str, "reference": bool, "plugin": bool}
+    if (not isinstance(reply, dict) or set(reply) != set(types) or reply["name"] != name or reply["plugin"] is not True
+            or not all(isinstance(reply[key], kind) for key, kind in types.items())):
+        raise PerserbenchError(f"plugin {name!r}: the process that loads it answered something that is not a "
+                               "description of it (its code replaced the probe's answer)")
     return MethodDescription(**reply)
 
 

@@ -274,7 +274,7 @@ class SealedMethod:
             unit.close()
             raise MethodError(f"method {self.name!r}: its unit process died during {stage} before reading its "
                               "episodes") from None
-        return PendingUnit(unit, [len(q) for q in queries], stage)
+        return PendingUnit(unit, [len(q) for q in queries], supports[0].y.shape[1], stage)
 
     def collect(self, pending: PendingUnit) -> list[Prediction]:
         stage = pending.stage
@@ -295,7 +295,7 @@ class SealedMethod:
         if len(probas) != len(pending.query_sizes):
             raise MethodError(f"method {self.name!r} during {stage}: answered {len(probas)} episodes for "
                               f"{len(pending.query_sizes)}")
-        return [_checked(self.name, stage, p, t, n)
+        return [_checked(self.name, stage, p, t, n, pending.n_classes)
                 for p, t, n in zip(probas, thresholds, pending.query_sizes, strict=True)]
 
 
@@ -319,16 +319,21 @@ class PendingUnit:
 
     conn: Connection
     query_sizes: list[int]
+    n_classes: int
     stage: str
 
 
-def _checked(name: str, stage: str, proba: np.ndarray, thresholds: np.ndarray | None, n_query: int) -> Prediction:
-    if proba.ndim != 2 or proba.shape[0] != n_query:
-        raise MethodError(f"method {name!r} during {stage}: predict_proba must return [n_query={n_query}, C] "
-                          f"probabilities, got {getattr(proba, 'shape', type(proba).__name__)}")
-    if not np.isfinite(proba).all() or proba.min() < 0.0 or proba.max() > 1.0:
+def _checked(name: str, stage: str, proba: np.ndarray, thresholds: np.ndarray | None, n_query: int,
+             n_classes: int) -> Prediction:
+    if proba.shape != (n_query, n_classes):
+        raise MethodError(f"method {name!r} during {stage}: predict_proba must return [n_query={n_query}, "
+                          f"C={n_classes}] probabilities, got {list(proba.shape)}")
+    if not np.isfinite(proba).all() or (proba.size and (proba.min() < 0.0 or proba.max() > 1.0)):
         raise MethodError(f"method {name!r} during {stage}: predict_proba returned values outside [0, 1] or "
                           "non-finite values; return probabilities (e.g. torch.sigmoid of logits)")
+    if thresholds is not None and (thresholds.shape != (n_classes,) or not np.isfinite(thresholds).all()):
+        raise MethodError(f"method {name!r} during {stage}: a predictor's thresholds must be {n_classes} finite "
+                          f"numbers, one per class, got shape {list(thresholds.shape)}")
     return Prediction(proba, thresholds)
 
 

@@ -551,3 +551,32 @@ def test_a_methods_process_cannot_run_code_in_the_runner_through_what_it_sends(t
     with pytest.raises(MethodError, match=f"method '{hostile.__name__}': broke the {channel} protocol"):
         run(hostile, toy, [1])
     assert runner._record is honest_record
+
+
+class _Shaped:
+    def __init__(self, proba: torch.Tensor, thresholds: torch.Tensor | None) -> None:
+        self.proba, self.thresholds = proba, thresholds
+
+    def predict_proba(self, items: Items) -> torch.Tensor:
+        return self.proba.expand(len(items), -1)
+
+
+class ThresholdsPerItem(HonestPrior):
+    def adapt_many(self, supports):
+        return [_Shaped(self.rate_, torch.full((4, self.rate_.shape[1]), 0.5)) for _ in supports]
+
+
+class OneClassTooMany(HonestPrior):
+    def adapt_many(self, supports):
+        return [_Shaped(torch.cat([self.rate_, self.rate_[:, :1]], dim=1), None) for _ in supports]
+
+
+@pytest.mark.parametrize("hostile,message", [
+    (ThresholdsPerItem, r"a predictor's thresholds must be \d+ finite numbers, one per class, got shape \[4, \d+\]"),
+    (OneClassTooMany, r"predict_proba must return \[n_query=\d+, C=\d+\] probabilities, got \[\d+, \d+\]"),
+])
+def test_answers_of_the_wrong_shape_fail_the_run(toy, hostile, message):
+    from perserbench.sealed import MethodError
+
+    with pytest.raises(MethodError, match=message):
+        run(hostile, toy, [1])
