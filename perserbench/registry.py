@@ -26,6 +26,7 @@ from perserbench.errors import PerserbenchError
 from perserbench.method import Method
 
 ENTRY_POINT_GROUP = "perserbench.methods"
+BUILTIN_PACKAGE = "perserbench.methods."
 _REGISTRY: dict[str, type[Method]] = {}
 _SOURCES: dict[str, str] = {}
 _builtins_loaded = False
@@ -67,6 +68,7 @@ def _load_entry_points(name: str | None = None) -> None:
         if (name is not None and ep.name != name) or ep.name in _tried:
             continue
         _tried.add(ep.name)
+        before = set(_REGISTRY)
         try:
             obj = ep.load()
         except Exception as exc:  # a broken plugin must not hide the built-ins
@@ -76,7 +78,11 @@ def _load_entry_points(name: str | None = None) -> None:
         if isinstance(obj, type) and issubclass(obj, Method) and ep.name not in _REGISTRY:
             register_method(ep.name)(obj)
         dist = getattr(ep, "dist", None)
-        _SOURCES[ep.name] = f"plugin {dist.name if dist else ep.value}"
+        # Every name the plugin registered is the plugin's (a module may register several);
+        # an entry point named like a built-in registers nothing, and the name stays the built-in's.
+        for added in set(_REGISTRY) - before:
+            if not _SOURCES.get(added, "").startswith(BUILTIN_PACKAGE):
+                _SOURCES[added] = f"plugin {dist.name if dist else ep.value}"
 
 
 def _load_all() -> None:
@@ -88,21 +94,23 @@ def builtin_names() -> list[str]:
     """The methods shipped in ``perserbench/methods/`` (the committed board's suite), without
     loading any plugin."""
     _load_builtins()
-    return sorted(n for n, source in _SOURCES.items() if source.startswith("perserbench.methods."))
+    return sorted(n for n, source in _SOURCES.items() if source.startswith(BUILTIN_PACKAGE))
 
 
 def registered_modules() -> list[str]:
     """The modules that define the methods registered so far, installed plugins excepted:
     a plugin is imported only where its own method runs (:mod:`perserbench.plugins`), never
     in a process shared with other methods such as the sealed runner's forkserver."""
-    return sorted({cls.__module__ for name, cls in _REGISTRY.items() if not _SOURCES.get(name, "").startswith("plugin ")})
+    return sorted({cls.__module__ for name, cls in list(_REGISTRY.items()) if not is_plugin(name)})
 
 
 def is_plugin(name: str) -> bool:
     """Whether ``name`` is an installed plugin's (an entry point in ``perserbench.methods``),
     not a built-in or a class registered in this process; decided without loading it."""
-    _load_builtins()
     source = _SOURCES.get(name)
+    if source is None:
+        _load_builtins()
+        source = _SOURCES.get(name)
     if source is not None:
         return source.startswith("plugin ")
     return name in entry_points(group=ENTRY_POINT_GROUP).names

@@ -56,7 +56,7 @@ from perserbench.method import (
 )
 from perserbench.metrics import class_counts, episode_metrics, listener_aggregates, summarize
 from perserbench.plugins import MethodDescription, PluginRecipe, describe
-from perserbench.registry import check_config, create_method
+from perserbench.registry import BUILTIN_PACKAGE, check_config, create_method
 from perserbench.results import SCHEMA_VERSION, EpisodeRecord, RunResult, save_result
 from perserbench.sealed import PendingUnit, Prediction, SealedMethod
 from perserbench.tasks import SCENARIOS, ListenerFold, ResolvedTask
@@ -176,7 +176,7 @@ def _describe(method: MethodSpec, model: Method) -> MethodDescription:
 
 
 def _check_reference(description: MethodDescription) -> None:
-    if description.reference and (description.plugin or not description.module.startswith("perserbench.methods.")):
+    if description.reference and (description.plugin or not description.module.startswith(BUILTIN_PACKAGE)):
         raise PerserbenchError(
             f"method {description.name!r} declares itself a reference ({description.module}); references "
             "receive privileged data, so only perserbench's built-in methods may be references"

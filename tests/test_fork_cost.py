@@ -42,19 +42,21 @@ class _Probe:
 
 
 class ReportsPreloadedModules(Method):
-    """Answers, as its 'probabilities', whether torch._dynamo and the forkserver's last preload
-    were already imported when meta_fit started, whether the forkserver's objects were already
-    frozen out of the garbage collector's reach (torch alone is over 10^5 objects), whether
-    this module was imported by another process (the forkserver: it is found through the test
-    folder, a path pytest adds at run time, and conftest asks for it), and whether the
-    support's dtype was float32."""
+    """Answers, as the bits of its first class's 'probability', whether torch._dynamo and the
+    forkserver's last preload were already imported when meta_fit started, whether the
+    forkserver's objects were already frozen out of the garbage collector's reach (torch alone
+    is over 10^5 objects), whether this module was imported by another process (the
+    forkserver: it is found through the test folder, a path pytest adds at run time, and
+    conftest asks for it), and whether the support's dtype was float32."""
 
     def meta_fit(self, train: MetaTrainSet) -> None:
         self.flags_ = [float("torch._dynamo" in sys.modules), float("perserbench.forkserver_ready" in sys.modules),
                        float(gc.get_freeze_count() > 100_000), float(IMPORTED_IN != os.getpid())]
 
     def adapt(self, support: LabelledItems) -> _Probe:
-        return _Probe(torch.tensor([[*self.flags_, float(support.x.dtype == torch.float32)]]))
+        flags = [*self.flags_, float(support.x.dtype == torch.float32)]
+        code = sum(flag * 2.0 ** -(i + 1) for i, flag in enumerate(flags))  # exact in float32
+        return _Probe(torch.tensor([[code] + [0.0] * (support.y.shape[1] - 1)]))
 
 
 def test_fold_workers_start_with_what_every_optimizer_imports(toy_task_file):
@@ -66,8 +68,8 @@ def test_fold_workers_start_with_what_every_optimizer_imports(toy_task_file):
     support, query, _ = episode_items(task, sample_episodes(task, fold, "seen", 5)[0])
     with SealedMethod(ReportsPreloadedModules(seed=0), MetaTrainSet(task, fold), 0) as sealed:
         [prediction] = sealed.predict([support], [query], torch_seed=0)
-    assert prediction.proba.shape == (len(query), 5)
-    assert prediction.proba.tolist()[0] == [1.0] * 5
+    assert prediction.proba.shape == (len(query), support.y.shape[1])
+    assert prediction.proba[0, 0] == 1.0 - 2.0 ** -5  # every flag set
 
 
 class _Registered(Method):

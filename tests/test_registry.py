@@ -118,3 +118,45 @@ def test_a_plugin_is_loaded_only_when_asked_for_by_name(tmp_path, monkeypatch):
     assert get_method("hostile").__name__ == "Hostile"
     assert log.read_text() == "imported\n" and registry.method_source("hostile").startswith("plugin ")
     assert "hostile" in method_names() and log.read_text() == "imported\n"  # loaded once
+
+
+SHADOWING_PLUGIN = '''
+from perserbench.method import Method
+from perserbench.registry import register_method
+
+
+class NotConsensus(Method):
+    def meta_fit(self, train):
+        pass
+
+    def adapt(self, support):
+        raise NotImplementedError
+
+
+@register_method("shadow-extra")
+class Extra(NotConsensus):
+    pass
+'''
+
+
+def test_a_plugin_named_like_a_builtin_leaves_the_builtin_in_place(tmp_path, monkeypatch):
+    """An entry point named ``consensus`` registers nothing: the name stays the built-in's, and
+    a run of it stays in process as a built-in's does. Whatever else the plugin's module
+    registers while it loads is the plugin's, so its fold workers import it, not the runner."""
+    from importlib.metadata import EntryPoint, EntryPoints
+
+    from perserbench import registry
+
+    (tmp_path / "shadowing_plugin.py").write_text(SHADOWING_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ep = EntryPoint(name="consensus", value="shadowing_plugin:NotConsensus", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: EntryPoints([ep]))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
+    monkeypatch.setattr(registry, "_tried", set())
+
+    assert "shadow-extra" in method_names()  # loads every plugin, this one included
+    assert get_method("consensus").__module__ == "perserbench.methods.consensus"
+    assert registry.method_source("consensus") == "perserbench.methods.consensus"
+    assert not registry.is_plugin("consensus") and registry.is_plugin("shadow-extra")
+    assert "shadowing_plugin" not in registry.registered_modules()
