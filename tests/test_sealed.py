@@ -497,23 +497,25 @@ def installed_hostile_plugin(tmp_path: Path, monkeypatch) -> Path:
     return log
 
 
-def test_an_installed_plugins_import_time_code_never_runs_in_the_runner(toy, installed_hostile_plugin, monkeypatch):
+def test_an_installed_plugins_import_time_code_never_runs_in_the_runner(toy, installed_hostile_plugin):
     import importlib
 
     from perserbench import runner
     from perserbench.method import config_hash
+    from perserbench.plugins import describe
 
     log = installed_hostile_plugin
     honest = _scores(run(HonestPrior, toy, [1, 5]))
     # Imported in the runner's process (as loading a plugin by name did), its patch scores
     # every episode from the truth: the test can fail.
-    monkeypatch.setattr(runner, "_record", runner._record)  # undone when the test ends
-    importlib.import_module("hostile_import_plugin")
-    cheated = _scores(run(HonestPrior, toy, [1, 5]))
+    honest_record = runner._record
+    try:
+        importlib.import_module("hostile_import_plugin")
+        cheated = _scores(run(HonestPrior, toy, [1, 5]))
+    finally:
+        runner._record = honest_record
+        sys.modules.pop("hostile_import_plugin", None)
     assert sum(cheated.values()) > sum(honest.values()) + 0.2 * len(honest)
-    monkeypatch.undo()
-    monkeypatch.syspath_prepend(str(log.parent / "site"))
-    monkeypatch.delitem(sys.modules, "hostile_import_plugin")
     log.unlink()
 
     result = run("patches-the-runner", toy, [1, 5])
@@ -528,8 +530,6 @@ def test_an_installed_plugins_import_time_code_never_runs_in_the_runner(toy, ins
 
     with pytest.raises(PerserbenchError, match="only perserbench's built-in methods may be references"):
         run("claims-reference", toy, [1])
-    from perserbench.plugins import describe
-
     with pytest.raises(PerserbenchError, match="method 'patches-the-runner' has no config option 'steps'"):
         describe("patches-the-runner", {"steps": "3"})
     assert "hostile_import_plugin" not in sys.modules
