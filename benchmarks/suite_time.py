@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from board_suite import COMPETITORS, HETEROGENEOUS, UNIFORM, Outcome, execute, plan
 
+from perserbench.leaderboard.reproduce import first_difference
+
 
 def machine() -> str:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -59,8 +61,9 @@ def check(outcomes: list[Outcome], new_dir: Path, reference: Path) -> list[str]:
             bad.append(f"{outcome.file} (no committed file)")
             continue
         new = json.loads((new_dir / outcome.file).read_text())["episodes"]
-        if new != json.loads(ref.read_text())["episodes"]:
-            bad.append(outcome.file)
+        difference = first_difference(json.loads(ref.read_text())["episodes"], new)
+        if difference is not None:
+            bad.append(f"{outcome.file} ({difference})")
     return bad
 
 

@@ -748,3 +748,48 @@ def test_friedman_across_tasks_uses_the_non_uniform_tasks_as_blocks(tmp_path, to
     means = {m: mean for _, m, mean in task.overall()}
     assert across.scores == [[means[m] for m in sorted(RANKED)]] * 2
     assert across.result is not None and across.result.n_blocks == 2
+
+
+# ----------------------------------------------------------------------------- reproduce
+
+
+def test_reproduce_reruns_a_result_and_accepts_it_episode_for_episode(toy_inputs, cli):
+    from perserbench.leaderboard.reproduce import reproduce
+
+    done = reproduce(toy_inputs["consensus"], TaskResolver(toy_inputs["tasks"]))
+    assert done.episodes == len(load_result(toy_inputs["consensus"]).episodes) > 0
+    code, out, err = cli("leaderboard", "reproduce", toy_inputs["label-support"], "--tasks", toy_inputs["tasks"])
+    assert code == 0 and "episode records identical" in " ".join(out.split()), err
+
+
+def test_reproduce_refuses_an_edited_result_that_validates(toy_inputs, tmp_path, cli):
+    """A forger who removes an episode's false positives and recomputes its F1s and the
+    aggregates passes validation; the re-run does not agree."""
+    from perserbench.metrics import f1_from_counts
+
+    result = load_result(toy_inputs["label-prior"])
+    records = list(result.episodes)
+    i = next(i for i, r in enumerate(records) if sum(r.fp) > 0)
+    fp = [0] * len(records[i].fp)
+    macro, micro = f1_from_counts(records[i].tp, fp, records[i].fn)
+    records[i] = dataclasses.replace(records[i], fp=fp, macro_f1=macro, micro_f1=micro)
+    forged = dataclasses.replace(result, episodes=records, listeners=listener_aggregates(records),
+                                 summary=summarize(records))
+    path = save_result(forged, tmp_path / toy_inputs["label-prior"].name)
+    validate_result(path, TaskResolver(toy_inputs["tasks"]))  # consistent with itself
+    code, _, err = cli("leaderboard", "reproduce", path, "--tasks", toy_inputs["tasks"])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    r = records[i]
+    assert (f"not reproduced: episode {r.episode} of listener {r.listener!r} (fold {r.fold}, {r.scenario}, "
+            f"K={r.shots}, seed {r.seed}): macro_f1 is {r.macro_f1!r} in the file") in lines[0]
+
+
+def test_config_overrides_rebuild_the_recorded_config():
+    from perserbench.leaderboard.reproduce import config_overrides
+    from perserbench.method import config_dict
+    from perserbench.registry import get_method, make_config
+
+    for name in ("calibrate", "meta-perser", "finetune"):
+        config = get_method(name).Config()
+        assert make_config(name, config_overrides(config_dict(config))) == config

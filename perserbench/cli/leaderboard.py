@@ -1,4 +1,4 @@
-"""``perserbench leaderboard validate|submit|build|suite``: the CI-checked board (DESIGN §5)."""
+"""``perserbench leaderboard validate|submit|reproduce|build|suite``: the CI-checked board (DESIGN §5)."""
 
 from __future__ import annotations
 
@@ -64,6 +64,25 @@ def submit_command(
     for path in submit(results, directory, _resolver(tasks, root), replace=replace):
         console.print(f"submitted {path}")
     console.print("now run `perserbench leaderboard build` and commit the leaderboard folder")
+
+
+@leaderboard_app.command("reproduce")
+def reproduce_command(
+    results: Annotated[list[Path], typer.Argument(help="Result JSON files (or folders of them).")],
+    tasks: TasksOption = None,
+    root: RootOption = None,
+) -> None:
+    """Re-run each result's method (its recorded config, task, shots, seeds and control) and
+    check every episode record is identical; the first difference is reported and exits 2.
+    Works for any installed method: a plugin's result can be checked before it is committed."""
+    from perserbench.leaderboard.reproduce import reproduce
+    from perserbench.results import find_result_files
+
+    resolver = _resolver(tasks, root)
+    for path in find_result_files(results):
+        done = reproduce(path, resolver, progress=True)
+        console.print(f"reproduced  {path}  ({done.result.method_name} on {done.result.task_name}: "
+                      f"{done.episodes} episode records identical, re-run in {done.wall_time_s:.1f} s)")
 
 
 @leaderboard_app.command("build")
