@@ -247,7 +247,7 @@ class SealedMethod:
         except wire.ProtocolError:
             message = wire.Message("", "", [])
         if message.kind == "error":
-            raise MethodError(f"method {self.name!r} raised during {stage}: {message.text}")
+            raise MethodError(f"method {self.name!r} raised during {stage}: {_one_line(message.text)}")
         if message.kind != kind or message.arrays:
             raise MethodError(f"method {self.name!r}: broke the worker protocol during {stage}")
 
@@ -288,7 +288,7 @@ class SealedMethod:
         finally:
             pending.conn.close()
         if message.kind == "error":
-            raise MethodError(f"method {self.name!r} raised during {stage}: {message.text}")
+            raise MethodError(f"method {self.name!r} raised during {stage}: {_one_line(message.text)}")
         probas, thresholds = message.arrays[0::2], message.arrays[1::2]
         if message.kind != "ok" or len(probas) != len(thresholds) or any(p is None for p in probas):
             raise MethodError(f"method {self.name!r}: broke the unit protocol during {stage}")
@@ -414,6 +414,14 @@ def _run_unit(unit: Connection, method: Method) -> None:
         unit.send_bytes(wire.encode("error", _describe(exc)))
         raise
     unit.send_bytes(message)
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    """A method process's error text as the runner shows it: one line (the CLI's errors are
+    one line) of at most ``limit`` characters, control characters removed (it is the
+    method's text, and reaches the terminal)."""
+    flat = "".join(ch if ch.isprintable() else " " for ch in " ".join(text.split()))
+    return flat if len(flat) <= limit else flat[:limit - 1] + "…"
 
 
 def _describe(exc: BaseException) -> str:

@@ -580,3 +580,18 @@ def test_answers_of_the_wrong_shape_fail_the_run(toy, hostile, message):
 
     with pytest.raises(MethodError, match=message):
         run(hostile, toy, [1])
+
+
+class RaisesAnEssay(HonestPrior):
+    def adapt_many(self, supports):
+        raise RuntimeError("first line\n\x1b[2J" + "x" * 5000)
+
+
+def test_a_methods_error_text_reaches_the_runner_as_one_short_printable_line(toy):
+    from perserbench.sealed import MethodError
+
+    with pytest.raises(MethodError) as caught:
+        run(RaisesAnEssay, toy, [1])
+    text = str(caught.value)
+    assert "RuntimeError: first line" in text and "\n" not in text and "\x1b" not in text
+    assert len(text) < 700 and text.endswith("…")
