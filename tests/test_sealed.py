@@ -492,7 +492,8 @@ def installed_hostile_plugin(tmp_path: Path, monkeypatch) -> Path:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hostile-import-plugin\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[perserbench.methods]\n"
                                            "patches-the-runner = hostile_import_plugin:PatchesTheRunner\n"
-                                           "claims-reference = hostile_import_plugin:ClaimsReference\n")
+                                           "claims-reference = hostile_import_plugin:ClaimsReference\n"
+                                           "misnamed = hostile_import_plugin:NoSuchClass\n")
     monkeypatch.syspath_prepend(str(site))
     return log
 
@@ -532,6 +533,9 @@ def test_an_installed_plugins_import_time_code_never_runs_in_the_runner(toy, ins
         run("claims-reference", toy, [1])
     with pytest.raises(PerserbenchError, match="method 'patches-the-runner' has no config option 'steps'"):
         describe("patches-the-runner", {"steps": "3"})
+    with pytest.raises(PerserbenchError, match=r"entry point 'misnamed' \(hostile_import_plugin:NoSuchClass\) in "
+                                               "group perserbench.methods failed to load"):
+        describe("misnamed")
     assert "hostile_import_plugin" not in sys.modules
 
 
