@@ -29,16 +29,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from board_suite import HETEROGENEOUS, UNIFORM
 from rich.console import Console
 from rich.table import Table
 
-from perserbench.results import load_result
+from perserbench.results import EPISODE_KEY, load_result
 from perserbench.roles import BASELINE
 
-HETEROGENEOUS = ("synthetic", "synthetic-confusion", "synthetic-prior-shift")
-UNIFORM = tuple(f"{task}-uniform" for task in HETEROGENEOUS)
 REFERENCES = ("oracle", "personal")  # fit nothing of their own per fold; only consensus's model is shared
-KEY = ["fold", "listener", "scenario", "shots", "episode"]
 
 
 def icc1(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -61,8 +59,8 @@ def listener_gains(results: Path, task: str) -> pd.DataFrame:
     """One row per (method, scenario, K, fold, listener): the mean gain over ``consensus``."""
     frames = [load_result(p).to_frame() for p in sorted(results.glob(f"*__{task}__*.json")) if "__ctl-" not in p.name]
     episodes = pd.concat([f for f in frames if not f.empty])
-    baseline = episodes[episodes.method == BASELINE][[*KEY, "macro_f1"]]
-    joined = episodes[episodes.method != BASELINE].merge(baseline, on=KEY, suffixes=("", "_baseline"))
+    baseline = episodes[episodes.method == BASELINE][[*EPISODE_KEY, "macro_f1"]]
+    joined = episodes[episodes.method != BASELINE].merge(baseline, on=list(EPISODE_KEY), suffixes=("", "_baseline"))
     joined["gain"] = joined.macro_f1 - joined.macro_f1_baseline
     return joined.groupby(["method", "scenario", "shots", "fold", "listener"], as_index=False)["gain"].mean()
 

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from perserbench.api import evaluate
 from perserbench.plugins import describe
-from perserbench.results import load_result
+from perserbench.results import EPISODE_KEY, load_result
 from perserbench.roles import BASELINE
 from perserbench.runner import planned_filename, write_result
 from perserbench.stats import paired_test
@@ -48,8 +48,7 @@ def episodes(method: str, task: str, seeds: list[int], runs: Path) -> pd.DataFra
 
 def seed_table(method: pd.DataFrame, baseline: pd.DataFrame, seeds: list[int]) -> pd.DataFrame:
     """Per (scenario, K ≥ 5) and per seed (and all seeds): mean gain over listeners and p."""
-    key = ["fold", "listener", "scenario", "shots", "episode", "seed"]
-    joined = method.merge(baseline, on=key, suffixes=("", "_baseline"))
+    joined = method.merge(baseline, on=list(EPISODE_KEY), suffixes=("", "_baseline"))
     rows = []
     for (scenario, shots), cell in joined[joined.shots >= 5].groupby(["scenario", "shots"]):
         for label, chosen in [*((f"seed {s}", [s]) for s in seeds), ("seeds averaged", seeds)]:

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 3  # 2: `audit` and method.reference (issue 9); 3: per-class counts, pooled macro-F1 (issue 13)
 EPISODE_METRICS = ("macro_f1", "micro_f1", "top1")  # scored per episode, then averaged per listener
+# What identifies an episode record in a result: no two records of a valid file share it.
+EPISODE_KEY = ("fold", "listener", "scenario", "shots", "episode", "seed")
 POOLED_METRIC = "pooled_macro_f1"  # scored per listener from the counts pooled over its episodes
 METRICS = (*EPISODE_METRICS, POOLED_METRIC)
 # The headline metric of `compare` and the board, and the one shown beside it. The choice and

@@ -237,17 +237,25 @@ class SealedMethod:
         if self._cleanup is not None:
             self._cleanup()
 
+    def _receive(self, conn: Connection, stage: str) -> wire.Message:
+        """The next message from a method's process (the fold worker or a unit), decoded, never
+        unpickled; an error it reports is raised. Bytes that are no message come back as a
+        message of no kind, which the caller refuses as a protocol break."""
+        try:
+            message = wire.decode(conn.recv_bytes())
+        except wire.ProtocolError:
+            return wire.Message("", "", [])
+        if message.kind == "error":
+            raise MethodError(f"method {self.name!r} raised during {stage}: {_one_line(message.text)}")
+        return message
+
     def _expect(self, kind: str, stage: str) -> None:
         try:
-            message = wire.decode(self._conn.recv_bytes())
+            message = self._receive(self._conn, stage)
         except (EOFError, OSError):
             code = self._process.exitcode
             raise MethodError(f"method {self.name!r}: its worker died during {stage} (exit code {code}); "
                               "run it alone to see its own error") from None
-        except wire.ProtocolError:
-            message = wire.Message("", "", [])
-        if message.kind == "error":
-            raise MethodError(f"method {self.name!r} raised during {stage}: {_one_line(message.text)}")
         if message.kind != kind or message.arrays:
             raise MethodError(f"method {self.name!r}: broke the worker protocol during {stage}")
 
@@ -279,16 +287,12 @@ class SealedMethod:
     def collect(self, pending: PendingUnit) -> list[Prediction]:
         stage = pending.stage
         try:
-            message = wire.decode(pending.conn.recv_bytes())
+            message = self._receive(pending.conn, stage)
         except (EOFError, OSError):
             raise MethodError(f"method {self.name!r}: its unit process died during {stage} without an answer; "
                               "run it alone to see its own error") from None
-        except wire.ProtocolError:
-            message = wire.Message("", "", [])
         finally:
             pending.conn.close()
-        if message.kind == "error":
-            raise MethodError(f"method {self.name!r} raised during {stage}: {_one_line(message.text)}")
         probas, thresholds = message.arrays[0::2], message.arrays[1::2]
         if message.kind != "ok" or len(probas) != len(thresholds) or any(p is None for p in probas):
             raise MethodError(f"method {self.name!r}: broke the unit protocol during {stage}")

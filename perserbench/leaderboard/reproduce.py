@@ -21,7 +21,7 @@ from typing import Any
 
 from perserbench.errors import PerserbenchError
 from perserbench.leaderboard.validate import TaskResolver, validate_result
-from perserbench.results import EPISODE_METRICS, RunResult
+from perserbench.results import EPISODE_KEY, EPISODE_METRICS, RunResult
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,7 @@ def first_difference(expected: list[dict[str, Any]], got: list[dict[str, Any]]) 
         return None
 
     def key(record: dict[str, Any]) -> tuple:
-        return record["fold"], record["listener"], record["scenario"], record["shots"], record["episode"], \
-            record["seed"]
+        return tuple(record[field] for field in EPISODE_KEY)
 
     by_key = {key(r): r for r in got}
     for record in expected:

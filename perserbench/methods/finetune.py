@@ -64,9 +64,10 @@ class FinetuneConfig:
                              "ungated/gated 0.546/0.547; gated, K=1 is consensus again (seen/unseen "
                              "0.526/0.540 vs ungated 0.522/0.526); at 20 steps gated 0.554 vs ungated 0.552")
     guard_folds: int = _doc(FOLDS, FOLDS_DOC + ". synthetic-dev, gated at z=2: 5 folds 0.545 vs leave-one-out "
-                                               "0.546 (mean macro-F1 over 8 cells), synthetic-dev-uniform -0.001 vs -0.002 to consensus, "
-                               "and a run 22-24 s vs 27-28 s wall: the same items are scored with a quarter of the "
-                               "adaptations at K=20", ge=2)
+                                               "0.546 (mean macro-F1 over 8 cells), synthetic-dev-uniform -0.001 "
+                                               "vs -0.002 to consensus, and a run 22-24 s vs 27-28 s wall: the "
+                                               "same items are scored with a quarter of the adaptations at K=20",
+                            ge=2)
     guard_z: float = _doc(2.5, "the gate's evidence level, as a normal quantile: adapt only where a one-sided "
                                "paired t-test of the per-item held-out gains passes at level 1 - Phi(z) (2.5: "
                                "0.6%; 0 = any gain). Mean macro-F1 - consensus over 8 cells, z 1.5/2/2.5/3: "
