@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from perserbench.data.synthetic.perception import ListenerModel, softmax
+from perserbench.data.synthetic.perception import ListenerModel, population_names, softmax
 from perserbench.data.synthetic.world import LABELS, RELATED
 
 SCHOOLS = 3
@@ -61,6 +61,7 @@ class ConfusionModel(ListenerModel):
 
     confusion: np.ndarray  # [J, C, C]
     secondary: np.ndarray  # [J]
+    schools: np.ndarray | None = None  # [S, C, C] the schools' log-confusion; None: uniform (no schools)
 
     def primary_proba(self, listener: str, utterances: np.ndarray) -> np.ndarray:
         perceived = softmax(self.similarity[np.asarray(utterances)] / EVIDENCE_TEMPERATURE)
@@ -70,24 +71,50 @@ class ConfusionModel(ListenerModel):
         ratio = primary / primary.max(axis=1, keepdims=True)
         return self.secondary[self.index(listener)] * ratio**2
 
+    def every_listener_proba(self, utterances: np.ndarray,
+                             members: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        j = slice(None) if members is None else members
+        perceived = softmax(self.similarity[np.asarray(utterances)] / EVIDENCE_TEMPERATURE)
+        pi = perceived[None] @ self.confusion[j]
+        return pi, self.secondary[j, None, None] * (pi / pi.max(axis=-1, keepdims=True)) ** 2
+
+    def draw_population(self, rng: np.random.Generator, n: int) -> ConfusionModel:
+        """Members of this corpus's schools in turn, each with fresh individual noise, bias and
+        multi-label rate (the uniform control: copies of the common pattern)."""
+        if self.schools is None:
+            return uniform_members(self.similarity, population_names(n))
+        return school_members(rng, self.similarity, population_names(n), self.schools)
+
+
+def school_members(rng: np.random.Generator, similarity: np.ndarray, names: tuple[str, ...],
+                   schools: np.ndarray) -> ConfusionModel:
+    """Listeners of the given schools in turn (listener j in school j mod S), with individual
+    log-confusion noise, a personal class bias and a multi-label rate drawn in that order."""
+    n, c = len(names), schools.shape[-1]
+    school_of = np.arange(n) % len(schools)
+    log_confusion = (schools[school_of] + INDIVIDUAL_SPREAD * rng.normal(size=(n, c, c))
+                     + BIAS_SPREAD * rng.normal(size=(n, 1, c)))
+    secondary = rng.uniform(*MULTI_LABEL, size=n)
+    groups = tuple(f"school-{s + 1}" for s in school_of)
+    return ConfusionModel(similarity, names, groups, softmax(log_confusion), secondary, schools)
+
+
+def uniform_members(similarity: np.ndarray, names: tuple[str, ...]) -> ConfusionModel:
+    """The uniform control's listeners: every one the common pattern and multi-label rate."""
+    n = len(names)
+    return ConfusionModel(similarity, names, ("common",) * n, softmax(np.repeat(common_pattern()[None], n, 0)),
+                          np.full(n, UNIFORM_MULTI_LABEL))
+
 
 def draw_confusion(rng: np.random.Generator, similarity: np.ndarray, names: tuple[str, ...],
                    uniform: bool) -> ConfusionModel:
     """The listeners of the ``confusion`` generator. Parameters are drawn also for the
     uniform control, so it keeps the same random stream (the same raters per utterance)."""
-    n, c = len(names), len(LABELS)
+    c = len(LABELS)
     pattern = common_pattern()
     schools = pattern + SCHOOL_SPREAD * rng.normal(size=(SCHOOLS, c, c))
     off_diagonal = np.flatnonzero(~np.eye(c, dtype=bool))
     for school in schools:
         school.flat[rng.choice(off_diagonal, size=SWAPS, replace=False)] += SWAP_STRENGTH
-    school_of = np.arange(n) % SCHOOLS
-    log_confusion = (schools[school_of] + INDIVIDUAL_SPREAD * rng.normal(size=(n, c, c))
-                     + BIAS_SPREAD * rng.normal(size=(n, 1, c)))
-    secondary = rng.uniform(*MULTI_LABEL, size=n)
-    groups = tuple(f"school-{s + 1}" for s in school_of)
-    if uniform:
-        log_confusion = np.repeat(pattern[None], n, 0)
-        secondary = np.full(n, UNIFORM_MULTI_LABEL)
-        groups = ("common",) * n
-    return ConfusionModel(similarity, names, groups, softmax(log_confusion), secondary)
+    members = school_members(rng, similarity, names, schools)  # drawn for the control too: same stream
+    return uniform_members(similarity, names) if uniform else members

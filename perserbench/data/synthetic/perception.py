@@ -62,6 +62,44 @@ class ListenerModel(ABC):
         q = self.secondary_proba(listener, pi)
         return pi + (1.0 - pi) * q
 
+    def every_listener_proba(self, utterances: np.ndarray,
+                             members: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(primary π, secondary q) of every listener (or of the listener indices ``members``)
+        at once, each [J, n, C]: what
+        :meth:`primary_proba` and :meth:`secondary_proba` give listener by listener (equal up to
+        float rounding; the label sampler keeps using those). Generators vectorize it, because
+        the ``bayes-oracle`` reference evaluates thousands of population listeners."""
+        names = [self.listeners[j] for j in (range(len(self.listeners)) if members is None else members)]
+        pi = np.stack([self.primary_proba(name, utterances) for name in names])
+        return pi, np.stack([self.secondary_proba(name, p) for name, p in zip(names, pi)])
+
+    def every_listener_log_likelihood(self, utterances: np.ndarray, labels: np.ndarray,
+                                      members: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(log P(each listener (or each of ``members``) gives exactly the label set ``labels[i]`` to ``utterances[i]``)
+        [J, n], each listener's class marginals [J, n, C]).
+
+        What :func:`sample_labels` draws: one primary class ``k`` (necessarily ticked) and every
+        other class independently, so P(y) = Σ_{k: y_k = 1} π_k · Π_{c ≠ k} q_c^{y_c} (1 − q_c)^{1 − y_c}."""
+        y = np.asarray(labels, dtype=bool)
+        pi, q = self.every_listener_proba(utterances, members)
+        marginals = pi + (1.0 - pi) * q
+        q = np.clip(q, 1e-12, 1.0 - 1e-12)
+        # Π_{c ≠ k} B_c = Π_c B_c / B_k with B_k = q_k for a ticked k: P(y) = Π_c B_c · Σ_{k ticked} π_k / q_k
+        every_secondary = np.where(y, np.log(q), np.log1p(-q)).sum(axis=-1)
+        with np.errstate(divide="ignore"):  # no class ticked: impossible, log 0 = -inf
+            return every_secondary + np.log((np.where(y, pi, 0.0) / q).sum(axis=-1)), marginals
+
+    @abstractmethod
+    def draw_population(self, rng: np.random.Generator, n: int) -> ListenerModel:
+        """``n`` new listeners drawn from the distribution this corpus's listeners were drawn
+        from, its corpus-level parameters (styles, schools) held fixed, on the same utterances:
+        what someone who knows the generator, but not the listener, believes about a listener."""
+
+
+def population_names(n: int) -> tuple[str, ...]:
+    """Names of the hypothetical listeners of :meth:`ListenerModel.draw_population`."""
+    return tuple(f"population-{i}" for i in range(n))
+
 
 def sample_labels(rng: np.random.Generator, model: ListenerModel, utterance: np.ndarray,
                   listener: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from perserbench.data.synthetic.perception import ListenerModel, softmax
+from perserbench.data.synthetic.perception import ListenerModel, population_names, softmax
 from perserbench.data.synthetic.world import LABELS
 
 EVIDENCE_TEMPERATURE = 1.6  # > 1 blurs perception: the main knob of agreement (kappa)
@@ -38,6 +38,7 @@ class PriorShiftModel(ListenerModel):
 
     log_prior: np.ndarray  # [J, C]
     threshold: np.ndarray  # [J]
+    uniform: bool = False
 
     def primary_proba(self, listener: str, utterances: np.ndarray) -> np.ndarray:
         scores = self.similarity[np.asarray(utterances)] / EVIDENCE_TEMPERATURE
@@ -47,6 +48,18 @@ class PriorShiftModel(ListenerModel):
         ratio = primary / primary.max(axis=1, keepdims=True)
         margin = (ratio - self.threshold[self.index(listener)]) / THRESHOLD_WIDTH
         return EXTRA_MAX / (1.0 + np.exp(-margin))
+
+    def every_listener_proba(self, utterances: np.ndarray,
+                             members: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        j = slice(None) if members is None else members
+        scores = self.similarity[np.asarray(utterances)] / EVIDENCE_TEMPERATURE
+        pi = softmax(scores[None] + self.log_prior[j, None, :])
+        margin = (pi / pi.max(axis=-1, keepdims=True) - self.threshold[j, None, None]) / THRESHOLD_WIDTH
+        return pi, EXTRA_MAX / (1.0 + np.exp(-margin))
+
+    def draw_population(self, rng: np.random.Generator, n: int) -> PriorShiftModel:
+        """Fresh log-priors and thresholds: the generator has no corpus-level parameters."""
+        return draw_prior_shift(rng, self.similarity, population_names(n), self.uniform)
 
 
 def draw_prior_shift(rng: np.random.Generator, similarity: np.ndarray, names: tuple[str, ...],
@@ -60,4 +73,4 @@ def draw_prior_shift(rng: np.random.Generator, similarity: np.ndarray, names: tu
     if uniform:
         log_prior = np.zeros((n, c))
         threshold = np.full(n, UNIFORM_THRESHOLD)
-    return PriorShiftModel(similarity, names, ("individual",) * n, log_prior, threshold)
+    return PriorShiftModel(similarity, names, ("individual",) * n, log_prior, threshold, uniform)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from perserbench.data.synthetic.perception import ListenerModel, softmax
+from perserbench.data.synthetic.perception import ListenerModel, population_names, softmax
 from perserbench.data.synthetic.world import ANGRY, EXCITED, FRUSTRATED, HAPPY, LABELS, NEUTRAL, SAD
 
 STYLES = ("literal", "anger-sensitive", "neutral-leaning", "enthusiast")
@@ -48,6 +48,7 @@ class StylesModel(ListenerModel):
     bias: np.ndarray  # [J, C]
     temperature: np.ndarray  # [J]
     secondary: np.ndarray  # [J]
+    uniform: bool = False
 
     def primary_proba(self, listener: str, utterances: np.ndarray) -> np.ndarray:
         j = self.index(listener)
@@ -58,6 +59,17 @@ class StylesModel(ListenerModel):
         ratio = primary / primary.max(axis=1, keepdims=True)
         return self.secondary[self.index(listener)] * ratio**2
 
+    def every_listener_proba(self, utterances: np.ndarray,
+                             members: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        j = slice(None) if members is None else members
+        scores = self.similarity[np.asarray(utterances)][None] @ self.confusion[j]
+        pi = softmax((scores + self.bias[j, None, :]) / self.temperature[j, None, None])
+        return pi, self.secondary[j, None, None] * (pi / pi.max(axis=-1, keepdims=True)) ** 2
+
+    def draw_population(self, rng: np.random.Generator, n: int) -> StylesModel:
+        """The styles in turn (as the corpus assigns them), each with fresh individual deviation."""
+        return draw_styles(rng, self.similarity, population_names(n), self.uniform)
+
 
 def draw_styles(rng: np.random.Generator, similarity: np.ndarray, names: tuple[str, ...],
                 uniform: bool) -> StylesModel:
@@ -67,7 +79,7 @@ def draw_styles(rng: np.random.Generator, similarity: np.ndarray, names: tuple[s
     if uniform:  # one shared perception model: personalization has nothing to learn
         confusion, bias = style("literal")
         return StylesModel(similarity, names, ("literal",) * n, np.repeat(confusion[None], n, 0),
-                           np.repeat(bias[None], n, 0), np.ones(n), np.full(n, 0.25))
+                           np.repeat(bias[None], n, 0), np.ones(n), np.full(n, 0.25), uniform=True)
     styles = tuple(STYLES[j % len(STYLES)] for j in range(n))
     base = [style(s) for s in styles]
     c = len(LABELS)
