@@ -4,7 +4,7 @@ The board (:mod:`perserbench.leaderboard`) and the comparison report (:mod:`pers
 must agree on this, so it is decided here, once (DESIGN §2, "Ceiling, headroom and controls"):
 
 * a **reference** (``result.is_reference``: the synthetic ``oracle``, the many-shot
-  ``personal`` reference) used privileged information; it is shown as a ceiling and never
+  ``personal`` reference, the synthetic K-shot ceiling ``bayes-oracle``) used privileged information; it is shown as a ceiling and never
   ranked, tested against ``consensus`` or put in a Friedman test;
 * an **other-listener control** (``method["control"] == "other-listener"``) adapted on another
   test listener's support; it only serves to measure the personalization gain of the same
@@ -22,7 +22,8 @@ from perserbench.results import RunResult
 BASELINE = "consensus"  # "one model for everyone": what significance and headroom are measured from
 ORACLE = "oracle"  # true listener model (synthetic corpora): the ceiling results are checked against
 PERSONAL = "personal"  # many-shot personal reference: a second ceiling, on every corpus
-CEILINGS = (ORACLE, PERSONAL)  # headroom denominators, in display order
+K_SHOT = "bayes-oracle"  # the K-shot ceiling (synthetic corpora): what K labels can reveal at all
+CEILINGS = (ORACLE, PERSONAL, K_SHOT)  # headroom denominators, in display order
 
 CONTROL_KEY = "control"
 OWN = "own"

@@ -296,6 +296,22 @@ def test_headroom_captured_is_computed_from_the_cell_means(runs, tmp_path):
     assert "| label-prior | personal | — | — | — | — |" in table
 
 
+def test_the_k_shot_ceiling_is_a_third_headroom_denominator_after_the_other_two(runs, tmp_path):
+    """A ``bayes-oracle`` result (the K-shot ceiling) beside the others adds headroom against it,
+    shown after the oracle and the personal reference, and is never ranked or tested."""
+    results, r = _with_roles(runs)
+    results.append(("bayes-oracle", _constant(r["label-support"], "bayes-oracle", 0.80, reference=True)))
+    an = analyse(combine(results))
+    for cell in an.cells:
+        base, m = cell.methods["consensus"].mean, cell.methods["label-support"]
+        assert list(m.headroom) == ["oracle", "personal", "bayes-oracle"]
+        assert m.headroom["bayes-oracle"] == pytest.approx((m.mean - base) / (0.80 - base))
+        assert cell.methods["bayes-oracle"].role == "reference" and "bayes-oracle" not in cell.friedman.methods
+    write_report(an, tmp_path)
+    table = (tmp_path / "report.md").read_text().split("### Headroom captured — toy")[1].split("###")[0]
+    assert any(line.startswith("| label-support | bayes-oracle |") for line in table.splitlines())
+
+
 def test_personalization_gain_is_own_minus_control_paired_over_listeners(runs, tmp_path):
     results, r = _with_roles(runs)
     an = analyse(combine(results))
