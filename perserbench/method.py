@@ -26,7 +26,9 @@ from perserbench.tasks import ListenerFold, ResolvedTask
 @runtime_checkable
 class Predictor(Protocol):
     """An adapted model for one listener. ``thresholds`` (per class, optional) replace the
-    default 0.5 decision threshold of the metrics."""
+    default 0.5 decision threshold of the metrics. They come from the support set (DESIGN §2):
+    the runner reads them before the query is predicted and fails the run if predicting the
+    query changed them, so a decision cannot be tuned on the query items it decides."""
 
     def predict_proba(self, items: Items) -> torch.Tensor:  # [N, C] probabilities in [0, 1]
         ...

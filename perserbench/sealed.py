@@ -396,6 +396,14 @@ def _fold_worker(conn: Connection) -> None:
         ours.close()
 
 
+def _thresholds(predictor: object) -> np.ndarray | None:
+    """A predictor's per-class decision thresholds as float64, or None (decide at 0.5)."""
+    thresholds = getattr(predictor, "thresholds", None)
+    if thresholds is None:
+        return None
+    return torch.as_tensor(thresholds).detach().cpu().to(torch.float64).numpy().copy()  # a copy: not the predictor's
+
+
 def _run_unit(unit: Connection, method: Method) -> None:
     try:
         torch_seed, raw_supports, raw_queries = pickle.loads(unit.recv_bytes())
@@ -406,12 +414,14 @@ def _run_unit(unit: Connection, method: Method) -> None:
             raise MethodError(f"adapt_many returned {len(predictors)} predictors for {len(supports)} supports")
         answer: list[np.ndarray | None] = []  # proba, thresholds of each episode in turn
         for predictor, query in zip(predictors, queries, strict=True):
+            thresholds = _thresholds(predictor)  # read before the query is shown: fixed by the support
             with torch.no_grad():
                 proba = predictor.predict_proba(query)
             proba = torch.as_tensor(proba).detach().cpu().to(torch.float32).numpy()
-            thresholds = getattr(predictor, "thresholds", None)
-            if thresholds is not None:
-                thresholds = torch.as_tensor(thresholds).detach().cpu().to(torch.float64).numpy()
+            after = _thresholds(predictor)
+            if (after is None) != (thresholds is None) or (after is not None and not np.array_equal(after, thresholds)):
+                raise MethodError("a predictor's thresholds changed when it predicted the query; decision thresholds "
+                                  "must be fixed by the support set (DESIGN §2): set them in adapt")
             answer += [proba, thresholds]
         message = wire.encode("ok", arrays=answer)
     except BaseException as exc:

@@ -586,6 +586,45 @@ def test_answers_of_the_wrong_shape_fail_the_run(toy, hostile, message):
         run(hostile, toy, [1])
 
 
+class _DecidesOnTheQuery(_Shaped):
+    """Sets each class's threshold to the median of the query's probabilities: the decision
+    tuned on the items it decides (transductive), which DESIGN §2 does not allow."""
+
+    in_place = False
+
+    def predict_proba(self, items: Items) -> torch.Tensor:
+        proba = torch.rand(len(items), self.proba.shape[1])
+        if self.in_place:
+            self.thresholds.copy_(proba.median(dim=0).values)
+        else:
+            self.thresholds = proba.median(dim=0).values
+        return proba
+
+
+class ThresholdsFromTheQuery(HonestPrior):
+    def adapt_many(self, supports):
+        return [_DecidesOnTheQuery(self.rate_, None) for _ in supports]
+
+
+class _InPlace(_DecidesOnTheQuery):
+    in_place = True
+
+
+class ThresholdsEditedInPlace(HonestPrior):
+    def adapt_many(self, supports):
+        return [_InPlace(self.rate_, torch.full((self.rate_.shape[1],), 0.5, dtype=torch.float64)) for _ in supports]
+
+
+@pytest.mark.parametrize("hostile", [ThresholdsFromTheQuery, ThresholdsEditedInPlace])
+def test_decision_thresholds_cannot_be_set_on_the_query(toy, hostile):
+    """Thresholds are read before the query is predicted; set or edited in place while
+    predicting it, the run fails and names the rule."""
+    from perserbench.sealed import MethodError
+
+    with pytest.raises(MethodError, match="a predictor's thresholds changed when it predicted the query"):
+        run(hostile, toy, [1])
+
+
 class RaisesAnEssay(HonestPrior):
     def adapt_many(self, supports):
         raise RuntimeError("first line\n\x1b[2J" + "x" * 5000)
