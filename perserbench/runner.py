@@ -354,9 +354,10 @@ def _check_audit(name: str, ep: Episode, alone: Prediction, before: Prediction, 
         fold, listener, scenario, k, index = ep.key
         raise AuditError(
             f"method {name!r} failed the independence audit: episode {index} of listener {listener!r} (fold {fold}, "
-            f"{scenario}, K={k}) predicts differently when adapted alone (max |Δp| = {diff:.3g} > "
-            f"{AUDIT_TOLERANCE:g}); a prediction may depend only on the meta-fitted state and its own episode's "
-            "support (DESIGN §2), so this run is refused and nothing was written"
+            f"{scenario}, K={k}) predicts differently when adapted alone and shown its query items one at a time "
+            f"(max |Δp| = {diff:.3g} > {AUDIT_TOLERANCE:g}); a prediction may depend only on the meta-fitted state, "
+            "its own episode's support and the item itself (DESIGN §2), so this run is refused and nothing was "
+            "written"
         )
 
 

@@ -180,7 +180,7 @@ class AnswersWithAPickle(HonestPrior):
         rate = self.rate_[0].tolist()
 
         def hostile_unit(unit, method):
-            _, _, queries = pickle.loads(unit.recv_bytes())
+            *_, queries = pickle.loads(unit.recv_bytes())  # the last field: the queries
             answer = ", ".join(f"(np.tile(np.array({rate}, dtype='float32'), ({len(q)}, 1)), None)" for q in queries)
             unit.send(("ok", _payload(f"(lambda np: [{answer}])(__import__('numpy'))")))
 
@@ -623,6 +623,28 @@ def test_decision_thresholds_cannot_be_set_on_the_query(toy, hostile):
 
     with pytest.raises(MethodError, match="a predictor's thresholds changed when it predicted the query"):
         run(hostile, toy, [1])
+
+
+class _CentresOnTheQuery(_Shaped):
+    """Scores each item against the rest of its query (the first feature, centred on the
+    query's mean): a transductive prediction, the same whenever the same query is shown whole."""
+
+    def predict_proba(self, items: Items) -> torch.Tensor:
+        score = items.x[:, 0, :1] - items.x[:, 0, :1].mean(dim=0)
+        return torch.sigmoid(score).expand(-1, self.proba.shape[1]).contiguous()
+
+
+class ReadsTheWholeQuery(HonestPrior):
+    def adapt_many(self, supports):
+        return [_CentresOnTheQuery(self.rate_, None) for _ in supports]
+
+
+def test_a_prediction_that_depends_on_the_rest_of_the_query_fails_the_audit(toy):
+    """The audit shows the re-adapted episode's query one item at a time: an item scored
+    against the rest of its query (the query's statistics are the listener's) is refused."""
+    with pytest.raises(AuditError, match=r"method 'ReadsTheWholeQuery' failed the independence audit: .* shown its "
+                                         r"query items one at a time"):
+        run(ReadsTheWholeQuery, toy, [1])
 
 
 class RaisesAnEssay(HonestPrior):
