@@ -52,7 +52,7 @@ def bayes_ceiling(task: ResolvedTask, shots: list[int], population: int | None =
                 cell = cells.setdefault((scenario, k), {"bayes": [], "prior": [], "ess": []})
                 for episode in sample_episodes(task, fold, scenario, k):
                     labels = episode_items(task, episode)[2]
-                    pool = method.pool(task, episode.listener, scenario)
+                    pool = method.pool(task, episode)
                     marginals = pool.marginals[:, np.searchsorted(pool.rows, episode.query)]
                     weight = method.posterior(task, episode)
                     for row, w in (("bayes", weight), ("prior", np.full(len(weight), 1.0 / len(weight)))):

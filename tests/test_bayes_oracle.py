@@ -110,6 +110,25 @@ def test_the_k_shot_ceiling_rises_with_k_below_the_oracle_and_the_script_is_the_
     assert [e.macro_f1 for e in again.episodes] == [e.macro_f1 for e in result.episodes]
 
 
+def test_a_listener_too_heavy_to_cache_is_evaluated_episode_by_episode(tmp_path, monkeypatch):
+    """Above the cache budget only the episode's own rows are evaluated: the same predictions,
+    nothing kept."""
+    from perserbench.methods import bayes_oracle
+
+    task = _small_task(tmp_path, '{ seed = 0, generator = "prior-shift" }', (5,))
+    cached = run("bayes-oracle", task, [5], config_overrides={"population": "300"})
+    monkeypatch.setattr(bayes_oracle, "CACHED_ROW_MEMBERS", 0)
+    method = bayes_oracle.BayesOracle(bayes_oracle.BayesOracleConfig(population=300))
+    method.meta_fit(None)
+    from perserbench.episodes import sample_episodes
+
+    episode = sample_episodes(task, task.folds[0], "seen", 5)[0]
+    assert len(method.pool(task, episode).rows) == len(np.union1d(episode.support, episode.query))
+    assert method.pools_ == {}
+    uncached = run("bayes-oracle", task, [5], config_overrides={"population": "300"})
+    assert [e.macro_f1 for e in uncached.episodes] == pytest.approx([e.macro_f1 for e in cached.episodes], abs=1e-12)
+
+
 def test_bayes_oracle_needs_a_generative_truth(toy_task_file):
     with pytest.raises(PerserbenchError, match="method 'bayes-oracle' needs a synthetic corpus"):
         run("bayes-oracle", load_task(toy_task_file), [5])

@@ -41,6 +41,10 @@ from perserbench.registry import register_method
 from perserbench.tasks import ResolvedTask
 
 MEMBERS_PER_CHUNK = 1000  # population listeners evaluated at once (bounds the [members, rows, C] temporaries)
+# Largest (listener rows × population listeners) kept for reuse across a listener's episodes:
+# 2^23 pairs hold 8M log-likelihoods and 50M class marginals, ~260 MB (a synthetic listener's
+# ~440 seen rows × 10,000 listeners is 4.4M).
+CACHED_ROW_MEMBERS = 2**23
 
 
 @dataclass
@@ -77,24 +81,34 @@ class BayesOracle(ReferenceMethod):
             self.population_ = truth.draw_population(np.random.default_rng(self.seed), self.config.population)
         return self.population_
 
-    def pool(self, task: ResolvedTask, listener: str, scenario: str) -> ListenerPool:
-        key = (listener, scenario)
-        if key not in self.pools_:
-            truth = task.corpus.truth
-            population = self.population(truth)
-            ann = task.corpus.annotations
-            rows = task.listener_rows(listener, scenario)
-            utterances, labels = ann.utterance[rows], ann.labels[rows]
-            chunks = [population.every_listener_log_likelihood(utterances, labels, members)
-                      for members in np.array_split(np.arange(len(population.listeners)),
-                                                    -(-len(population.listeners) // MEMBERS_PER_CHUNK))]
-            self.pools_[key] = ListenerPool(rows, np.concatenate([ll for ll, _ in chunks]),
-                                            np.concatenate([m.astype(np.float32) for _, m in chunks]))
+    def pool(self, task: ResolvedTask, episode: Episode) -> ListenerPool:
+        """The population's view of the episode's rows: of all the listener's rows in the
+        scenario (computed once, reused by every episode and K) when they are at most
+        :data:`CACHED_ROW_MEMBERS` row × member pairs, else of the episode's own rows only (a
+        heavy listener of a skewed workload labels tens of thousands of items)."""
+        key = (episode.listener, episode.scenario)
+        if key in self.pools_:
+            return self.pools_[key]
+        population = self.population(task.corpus.truth)
+        rows = task.listener_rows(episode.listener, episode.scenario)
+        if len(rows) * len(population.listeners) > CACHED_ROW_MEMBERS:
+            return self._evaluate(task, population, np.union1d(episode.support, episode.query))
+        self.pools_[key] = self._evaluate(task, population, rows)
         return self.pools_[key]
+
+    @staticmethod
+    def _evaluate(task: ResolvedTask, population: ListenerModel, rows: np.ndarray) -> ListenerPool:
+        ann = task.corpus.annotations
+        utterances, labels = ann.utterance[rows], ann.labels[rows]
+        chunks = [population.every_listener_log_likelihood(utterances, labels, members)
+                  for members in np.array_split(np.arange(len(population.listeners)),
+                                                -(-len(population.listeners) // MEMBERS_PER_CHUNK))]
+        return ListenerPool(rows, np.concatenate([ll for ll, _ in chunks]),
+                            np.concatenate([m.astype(np.float32) for _, m in chunks]))
 
     def posterior(self, task: ResolvedTask, episode: Episode) -> np.ndarray:
         """P(population listener m | the episode's support labels), [M]."""
-        pool = self.pool(task, episode.listener, episode.scenario)
+        pool = self.pool(task, episode)
         log_weight = pool.log_likelihood[:, np.searchsorted(pool.rows, episode.support)].sum(axis=1)
         weight = np.exp(log_weight - log_weight.max())
         return weight / weight.sum()
@@ -105,7 +119,7 @@ class BayesOracle(ReferenceMethod):
             raise PerserbenchError(
                 f"method 'bayes-oracle' needs a synthetic corpus with a known generative model; task "
                 f"{task.spec.name!r} has none")
-        pool = self.pool(task, episode.listener, episode.scenario)
+        pool = self.pool(task, episode)
         query = np.searchsorted(pool.rows, episode.query)
         proba = np.einsum("m,mqc->qc", self.posterior(task, episode), pool.marginals[:, query]).astype(np.float32)
         return proba, optimal_thresholds(proba)
