@@ -22,6 +22,7 @@ its inputs, not on the order or the subset of cells run.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import subprocess
@@ -307,7 +308,7 @@ def _sealed_cell(sealed: SealedMethod, name: str, task: ResolvedTask, fold: List
     # Every unit of the cell, and the audit's lone episode, in flight at once: each is its own
     # process, so they run in parallel and the fork latency is hidden.
     units = isolation_units(episodes)
-    audited = audit_sample(episodes, cell_seed)
+    audited = audit_sample(task, episodes, cell_seed)
     support, query, _ = episode_items(task, audited)
     audit_pending = sealed.submit([support], [query], _derived_seed(*cell_seed, audited.index), stage="audit")
     scored: dict[tuple, Prediction] = {}
@@ -334,9 +335,16 @@ def _sealed_cell(sealed: SealedMethod, name: str, task: ResolvedTask, fold: List
     return out
 
 
-def audit_sample(episodes: Sequence[Episode], cell_seed: Sequence[int]) -> Episode:
-    """The cell's audited episode: a deterministic draw from (seed, fold, scenario, K)."""
-    rng = np.random.default_rng([*cell_seed, 0xA0D17])
+def audit_sample(task: ResolvedTask, episodes: Sequence[Episode], cell_seed: Sequence[int]) -> Episode:
+    """The cell's audited episode: a deterministic draw from (seed, fold, scenario, K) *and the
+    query labels of every episode of the cell*. Why the labels: a unit's torch seed tells a
+    method which (seed, fold, scenario, K, episode index) it is adapting, so a draw from those
+    alone could be recomputed inside the unit, and a method could pool or peek wherever it knows
+    it is not audited. The query labels are what no method ever sees, so the draw stays
+    reproducible for the runner and unpredictable for the method."""
+    labels = task.corpus.annotations.labels
+    secret = hashlib.sha256(b"".join(np.ascontiguousarray(labels[ep.query]).tobytes() for ep in episodes))
+    rng = np.random.default_rng([*cell_seed, 0xA0D17, int.from_bytes(secret.digest()[:8], "little")])
     return episodes[int(rng.integers(len(episodes)))]
 
 

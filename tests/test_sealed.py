@@ -322,6 +322,35 @@ def test_pooling_the_supports_of_one_call_fails_the_audit(toy, cli, toy_task_fil
     assert not out.exists() or not any(out.iterdir())
 
 
+class PoolsWhereNotAudited(PoolsOneCall):
+    """Pools the supports of a unit unless the unit holds the audited episode, which it works
+    out from the unit's torch seed: the seed names (seed, fold, scenario, K, episode index),
+    and an audit drawn from those alone can be recomputed (the toy task's 3 episodes per
+    listener, listed listener by listener, assumed)."""
+
+    def adapt_many(self, supports: list[LabelledItems]) -> list[_Answer]:
+        from perserbench.runner import _derived_seed
+
+        episodes_per_listener = 3
+        cells = {_derived_seed(seed, fold, scenario, k, index): (seed, fold, scenario, k, index)
+                 for seed in (0,) for fold in range(4) for scenario in (0, 1) for k in (1, 5)
+                 for index in range(episodes_per_listener)}
+        seed, fold, scenario, k, index = cells[torch.initial_seed()]
+        if len(supports) > 1:  # a scored unit, not the audit's lone episode
+            drawn = int(np.random.default_rng([seed, fold, scenario, k, 0xA0D17]).integers(
+                len(supports) * episodes_per_listener))
+            if drawn % episodes_per_listener != index:
+                return super().adapt_many(supports)
+        return HonestPrior.adapt_many(self, supports)
+
+
+def test_an_audit_a_method_can_predict_is_no_audit(toy):
+    """The audited episode is drawn with the cell's hidden query labels in the seed: a method
+    that recomputes where the audit falls (and pools everywhere else) is caught."""
+    with pytest.raises(AuditError, match=r"method 'PoolsWhereNotAudited' failed the independence audit"):
+        run(PoolsWhereNotAudited, toy, [1, 5])
+
+
 def test_the_other_listener_control_is_sealed_like_the_own_run(toy, tmp_path):
     """The control hands a unit other test listeners' supports: the same routes stay closed. A
     memory across calls scores exactly its honest fallback, episode by episode. Pooling the

@@ -65,18 +65,19 @@ class ListenerModel(ABC):
     def every_listener_proba(self, utterances: np.ndarray,
                              members: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(primary π, secondary q) of every listener (or of the listener indices ``members``)
-        at once, each [J, n, C]: what
-        :meth:`primary_proba` and :meth:`secondary_proba` give listener by listener (equal up to
-        float rounding; the label sampler keeps using those). Generators vectorize it, because
-        the ``bayes-oracle`` reference evaluates thousands of population listeners."""
+        at once, each [J, n, C]: what :meth:`primary_proba` and :meth:`secondary_proba` give
+        listener by listener (equal up to float rounding; the label sampler keeps using those).
+        Generators vectorize it, because the ``bayes-oracle`` reference evaluates thousands of
+        population listeners."""
         names = [self.listeners[j] for j in (range(len(self.listeners)) if members is None else members)]
         pi = np.stack([self.primary_proba(name, utterances) for name in names])
         return pi, np.stack([self.secondary_proba(name, p) for name, p in zip(names, pi)])
 
     def every_listener_log_likelihood(self, utterances: np.ndarray, labels: np.ndarray,
                                       members: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(log P(each listener (or each of ``members``) gives exactly the label set ``labels[i]`` to ``utterances[i]``)
-        [J, n], each listener's class marginals [J, n, C]).
+        """(log P(listener j gives exactly the label set ``labels[i]`` to ``utterances[i]``)
+        [J, n], each listener's class marginals [J, n, C]), for every listener or the indices
+        ``members``.
 
         What :func:`sample_labels` draws: one primary class ``k`` (necessarily ticked) and every
         other class independently, so P(y) = Σ_{k: y_k = 1} π_k · Π_{c ≠ k} q_c^{y_c} (1 − q_c)^{1 − y_c}."""
