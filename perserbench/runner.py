@@ -40,6 +40,7 @@ import torch
 import perserbench
 from perserbench.episodes import (
     Episode,
+    Items,
     MetaTrainSet,
     control_episode,
     episode_items,
@@ -308,9 +309,10 @@ def _sealed_cell(sealed: SealedMethod, name: str, task: ResolvedTask, fold: List
     # Every unit of the cell, and the audit's lone episode, in flight at once: each is its own
     # process, so they run in parallel and the fork latency is hidden.
     units = isolation_units(episodes)
-    audited = audit_sample(task, episodes, cell_seed)
+    audited, shown = audit_sample(task, episodes, cell_seed)
     support, query, _ = episode_items(task, audited)
-    audit_pending = sealed.submit([support], [query], _derived_seed(*cell_seed, audited.index), stage="audit")
+    audit_pending = sealed.submit([support], [Items(query.x[shown])], _derived_seed(*cell_seed, audited.index),
+                                  stage="audit")
     scored: dict[tuple, Prediction] = {}
     out = []
     # At most UNITS_IN_FLIGHT units hold their episodes at once (here and in their processes),
@@ -331,27 +333,38 @@ def _sealed_cell(sealed: SealedMethod, name: str, task: ResolvedTask, fold: List
         in_flight.append((unit, its, ticket))
     while in_flight:
         collect_oldest()
-    _check_audit(name, audited, sealed.collect(audit_pending)[0], scored[audited.key], audit)
+    _check_audit(name, audited, sealed.collect(audit_pending)[0], scored[audited.key], shown, audit)
     return out
 
 
-def audit_sample(task: ResolvedTask, episodes: Sequence[Episode], cell_seed: Sequence[int]) -> Episode:
-    """The cell's audited episode: a deterministic draw from (seed, fold, scenario, K) *and the
-    query labels of every episode of the cell*. Why the labels: a unit's torch seed tells a
-    method which (seed, fold, scenario, K, episode index) it is adapting, so a draw from those
-    alone could be recomputed inside the unit, and a method could pool or peek wherever it knows
-    it is not audited. The query labels are what no method ever sees, so the draw stays
-    reproducible for the runner and unpredictable for the method."""
+def audit_sample(task: ResolvedTask, episodes: Sequence[Episode],
+                 cell_seed: Sequence[int]) -> tuple[Episode, np.ndarray]:
+    """The cell's audited episode and the positions of its query the lone re-adaptation is
+    shown (a random half, at least one item): a deterministic draw from (seed, fold, scenario,
+    K) *and the query labels of every episode of the cell*.
+
+    Why half the query: a prediction, or a threshold, computed from the rest of the query (the
+    listener's unlabelled statistics) changes when the rest changes, and the runner, not code
+    in the method's own process, decides what the audit shows. Why the labels in the seed: a
+    unit's torch seed tells a method which (seed, fold, scenario, K, episode index) it is
+    adapting, so a draw from those alone could be recomputed inside the unit, and a method
+    could pool or peek wherever it knows it is not audited. No method ever sees the query
+    labels, so the draw stays reproducible for the runner and unpredictable for the method."""
     labels = task.corpus.annotations.labels
     secret = hashlib.sha256(b"".join(np.ascontiguousarray(labels[ep.query]).tobytes() for ep in episodes))
     rng = np.random.default_rng([*cell_seed, 0xA0D17, int.from_bytes(secret.digest()[:8], "little")])
-    return episodes[int(rng.integers(len(episodes)))]
+    episode = episodes[int(rng.integers(len(episodes)))]
+    n = len(episode.query)
+    return episode, np.sort(rng.permutation(n)[: max(1, n // 2)])
 
 
-def _check_audit(name: str, ep: Episode, alone: Prediction, before: Prediction, audit: _Audit) -> None:
-    """Compare the audited episode adapted alone with its scored prediction."""
-    diff = float(np.abs(alone.proba.astype(np.float64) - before.proba).max()) if alone.proba.shape == \
-        before.proba.shape else float("inf")
+def _check_audit(name: str, ep: Episode, alone: Prediction, before: Prediction, shown: np.ndarray,
+                 audit: _Audit) -> None:
+    """Compare the audited episode adapted alone, on the ``shown`` positions of its query, with
+    its scored prediction of those items."""
+    scored = before.proba[shown]
+    diff = float(np.abs(alone.proba.astype(np.float64) - scored).max()) if alone.proba.shape == \
+        scored.shape else float("inf")
     if (alone.thresholds is None) != (before.thresholds is None):
         diff = float("inf")
     elif alone.thresholds is not None:
@@ -362,7 +375,7 @@ def _check_audit(name: str, ep: Episode, alone: Prediction, before: Prediction, 
         fold, listener, scenario, k, index = ep.key
         raise AuditError(
             f"method {name!r} failed the independence audit: episode {index} of listener {listener!r} (fold {fold}, "
-            f"{scenario}, K={k}) predicts differently when adapted alone and shown its query items one at a time "
+            f"{scenario}, K={k}) predicts differently when adapted alone and shown half of its query "
             f"(max |Δp| = {diff:.3g} > {AUDIT_TOLERANCE:g}); a prediction may depend only on the meta-fitted state, "
             "its own episode's support and the item itself (DESIGN §2), so this run is refused and nothing was "
             "written"

@@ -322,7 +322,7 @@ def test_pooling_the_supports_of_one_call_fails_the_audit(toy, cli, toy_task_fil
     assert not out.exists() or not any(out.iterdir())
 
 
-class PoolsWhereNotAudited(PoolsOneCall):
+class PoolsWhereNotAudited(_PriorFallback):
     """Pools the supports of a unit unless the unit holds the audited episode, which it works
     out from the unit's torch seed: the seed names (seed, fold, scenario, K, episode index),
     and an audit drawn from those alone can be recomputed (the toy task's 3 episodes per
@@ -340,7 +340,7 @@ class PoolsWhereNotAudited(PoolsOneCall):
             drawn = int(np.random.default_rng([seed, fold, scenario, k, 0xA0D17]).integers(
                 len(supports) * episodes_per_listener))
             if drawn % episodes_per_listener != index:
-                return super().adapt_many(supports)
+                return PoolsOneCall.adapt_many(self, supports)  # (its function: the class is registered elsewhere)
         return HonestPrior.adapt_many(self, supports)
 
 
@@ -668,12 +668,38 @@ class ReadsTheWholeQuery(HonestPrior):
         return [_CentresOnTheQuery(self.rate_, None) for _ in supports]
 
 
-def test_a_prediction_that_depends_on_the_rest_of_the_query_fails_the_audit(toy):
-    """The audit shows the re-adapted episode's query one item at a time: an item scored
-    against the rest of its query (the query's statistics are the listener's) is refused."""
-    with pytest.raises(AuditError, match=r"method 'ReadsTheWholeQuery' failed the independence audit: .* shown its "
-                                         r"query items one at a time"):
-        run(ReadsTheWholeQuery, toy, [1])
+class TunesThresholdsInItsOwnUnit(HonestPrior):
+    """Replaces its unit's body (its own process) by one without the thresholds check, and
+    decides each class at the median of the query's probabilities: a decision tuned on the
+    items it decides, sent as if it came from the support."""
+
+    def meta_fit(self, train: MetaTrainSet) -> None:
+        super().meta_fit(train)
+        import pickle
+
+        from perserbench import sealed, wire
+
+        def unit_without_the_check(unit, method):
+            _, raw_supports, raw_queries = pickle.loads(unit.recv_bytes())
+            _, queries = sealed._unpack(raw_supports, raw_queries)
+            answer = []
+            for query in queries:
+                proba = torch.sigmoid(query.x[:, 0, :1] * 3.0).expand(-1, self.rate_.shape[1]).contiguous()
+                answer += [proba.numpy(), proba.double().median(dim=0).values.numpy()]
+            unit.send_bytes(wire.encode("ok", arrays=answer))
+
+        sealed._run_unit = unit_without_the_check
+
+
+@pytest.mark.parametrize("hostile", [ReadsTheWholeQuery, TunesThresholdsInItsOwnUnit])
+def test_a_prediction_or_decision_that_depends_on_the_rest_of_the_query_fails_the_audit(toy, hostile):
+    """The runner shows the re-adapted episode a hidden half of its query: an item scored
+    against the rest of its query, or a threshold set on it (the query's statistics are the
+    listener's), is refused, even when the method rewrites its own unit to skip the unit's
+    own thresholds check."""
+    with pytest.raises(AuditError, match=rf"method '{hostile.__name__}' failed the independence audit: .* shown half "
+                                         r"of its query"):
+        run(hostile, toy, [1])
 
 
 class RaisesAnEssay(HonestPrior):
