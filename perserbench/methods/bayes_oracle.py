@@ -8,7 +8,8 @@ From the episode's K support labels it infers the listener exactly as Bayes' rul
 
     P(listener = m | support) ∝ Π_{support items i} P(y_i | u_i, m),   m = 1..M drawn from the population,
 
-(the likelihood of a whole label set, :meth:`~perserbench.data.synthetic.perception.ListenerModel.log_likelihood`),
+(the likelihood of a whole label set,
+:meth:`~perserbench.data.synthetic.perception.ListenerModel.every_listener_log_likelihood`),
 predicts each query item's class marginals under that posterior and decides them like the
 oracle (:func:`perserbench.expected_f1.optimal_thresholds`).
 
@@ -56,8 +57,9 @@ class BayesOracleConfig:
 
 @dataclass(frozen=True)
 class ListenerPool:
-    """Every population listener's view of one test listener's annotation rows in a scenario:
-    the log-likelihood of the label set actually given [M, R] and the class marginals [M, R, C]."""
+    """Every population listener's view of annotation rows of one test listener (all its rows in
+    a scenario, or one episode's): the log-likelihood of the label set actually given [M, R] and
+    the class marginals [M, R, C]."""
 
     rows: np.ndarray  # [R] sorted annotation rows
     log_likelihood: np.ndarray
