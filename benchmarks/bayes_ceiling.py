@@ -52,11 +52,9 @@ def bayes_ceiling(task: ResolvedTask, shots: list[int], population: int | None =
                 cell = cells.setdefault((scenario, k), {"bayes": [], "prior": [], "ess": []})
                 for episode in sample_episodes(task, fold, scenario, k):
                     labels = episode_items(task, episode)[2]
-                    pool = method.pool(task, episode)
-                    marginals = pool.marginals[:, np.searchsorted(pool.rows, episode.query)]
                     weight = method.posterior(task, episode)
                     for row, w in (("bayes", weight), ("prior", np.full(len(weight), 1.0 / len(weight)))):
-                        proba = np.einsum("m,mqc->qc", w, marginals).astype(np.float32)
+                        proba = method.predictive(task, episode, w)
                         cell[row].append(episode_metrics(proba, labels, optimal_thresholds(proba))["macro_f1"])
                     cell["ess"].append(effective_sample_size(weight))
     return {key: {"bayes": float(np.mean(v["bayes"])), "prior": float(np.mean(v["prior"])),

@@ -4,8 +4,9 @@ The board (:mod:`perserbench.leaderboard`) and the comparison report (:mod:`pers
 must agree on this, so it is decided here, once (DESIGN §2, "Ceiling, headroom and controls"):
 
 * a **reference** (``result.is_reference``: the synthetic ``oracle``, the many-shot
-  ``personal`` reference, the synthetic K-shot ceiling ``bayes-oracle``) used privileged information; it is shown as a ceiling and never
-  ranked, tested against ``consensus`` or put in a Friedman test;
+  ``personal`` reference, the synthetic K-shot ceiling ``bayes-oracle``) used privileged
+  information; it is shown as a ceiling and never ranked, tested against ``consensus`` or put
+  in a Friedman test;
 * an **other-listener control** (``method["control"] == "other-listener"``) adapted on another
   test listener's support; it only serves to measure the personalization gain of the same
   method (own − control) and is never ranked either;

@@ -16,6 +16,7 @@ from conftest import synthetic_task_toml
 from perserbench.data.synthetic import generate
 from perserbench.data.synthetic.perception import sample_labels
 from perserbench.errors import PerserbenchError
+from perserbench.methods.bayes_oracle import effective_sample_size
 from perserbench.runner import run
 from perserbench.tasks import load_task
 
@@ -105,7 +106,7 @@ def test_the_k_shot_ceiling_rises_with_k_below_the_oracle_and_the_script_is_the_
         assert cell["bayes"] > cell["prior"] + 0.02, cell
         ceiling = next(r.mean for r in oracle.summary if r.metric == "macro_f1" and r.scenario == summary.scenario)
         assert cell["bayes"] <= ceiling + 1e-9, (cell, ceiling)
-        assert 1 <= cell["ess"] <= 500
+        assert cell["ess"] < 50, cell  # 20 labels put the posterior on a few of the 500 listeners (measured: ~3)
     again = run("bayes-oracle", task, [20], config_overrides={"population": "500"})
     assert [e.macro_f1 for e in again.episodes] == [e.macro_f1 for e in result.episodes]
 
@@ -127,6 +128,12 @@ def test_a_listener_too_heavy_to_cache_is_evaluated_episode_by_episode(tmp_path,
     assert method.pools_ == {}
     uncached = run("bayes-oracle", task, [5], config_overrides={"population": "300"})
     assert [e.macro_f1 for e in uncached.episodes] == pytest.approx([e.macro_f1 for e in cached.episodes], abs=1e-12)
+
+
+def test_the_effective_sample_size_counts_the_listeners_that_carry_the_posterior():
+    assert effective_sample_size(np.full(40, 1 / 40)) == pytest.approx(40)
+    assert effective_sample_size(np.eye(1, 40)[0]) == pytest.approx(1)
+    assert effective_sample_size(np.r_[np.full(4, 0.25), np.zeros(36)]) == pytest.approx(4)
 
 
 def test_bayes_oracle_needs_a_generative_truth(toy_task_file):

@@ -34,10 +34,10 @@ import numpy as np
 
 from perserbench.data.synthetic.perception import ListenerModel
 from perserbench.episodes import Episode, MetaTrainSet
-from perserbench.errors import PerserbenchError
 from perserbench.expected_f1 import optimal_thresholds
 from perserbench.head import _doc
 from perserbench.method import ReferenceContext, ReferenceMethod
+from perserbench.methods.oracle import ground_truth
 from perserbench.registry import register_method
 from perserbench.tasks import ResolvedTask
 
@@ -115,15 +115,17 @@ class BayesOracle(ReferenceMethod):
         weight = np.exp(log_weight - log_weight.max())
         return weight / weight.sum()
 
-    def predict_reference(self, context: ReferenceContext) -> tuple[np.ndarray, np.ndarray | None]:
-        task, episode = context.task, context.episode
-        if task.corpus.truth is None:
-            raise PerserbenchError(
-                f"method 'bayes-oracle' needs a synthetic corpus with a known generative model; task "
-                f"{task.spec.name!r} has none")
+    def predictive(self, task: ResolvedTask, episode: Episode, weight: np.ndarray) -> np.ndarray:
+        """The query's class marginals [Q, C] (float32, as scored) under population weights
+        ``weight`` [M]: the posterior, or any other belief about the listener."""
         pool = self.pool(task, episode)
         query = np.searchsorted(pool.rows, episode.query)
-        proba = np.einsum("m,mqc->qc", self.posterior(task, episode), pool.marginals[:, query]).astype(np.float32)
+        return np.einsum("m,mqc->qc", weight, pool.marginals[:, query]).astype(np.float32)
+
+    def predict_reference(self, context: ReferenceContext) -> tuple[np.ndarray, np.ndarray | None]:
+        task, episode = context.task, context.episode
+        ground_truth(task, "bayes-oracle")
+        proba = self.predictive(task, episode, self.posterior(task, episode))
         return proba, optimal_thresholds(proba)
 
 

@@ -20,10 +20,21 @@ from __future__ import annotations
 
 import numpy as np
 
+from perserbench.data.synthetic.perception import ListenerModel
 from perserbench.errors import PerserbenchError
 from perserbench.expected_f1 import optimal_thresholds
 from perserbench.method import ReferenceContext, ReferenceMethod
 from perserbench.registry import register_method
+from perserbench.tasks import ResolvedTask
+
+
+def ground_truth(task: ResolvedTask, method: str) -> ListenerModel:
+    """The synthetic corpus's generative listener model, which the references built on it need;
+    a one-line error for a corpus without one (a real corpus)."""
+    if task.corpus.truth is None:
+        raise PerserbenchError(f"method {method!r} needs a synthetic corpus with a known generative model; task "
+                               f"{task.spec.name!r} has none")
+    return task.corpus.truth
 
 
 @register_method("oracle")
@@ -32,12 +43,7 @@ class Oracle(ReferenceMethod):
     ceiling; a reference)."""
 
     def predict_reference(self, context: ReferenceContext) -> tuple[np.ndarray, np.ndarray | None]:
-        truth = context.task.corpus.truth
-        if truth is None:
-            raise PerserbenchError(
-                f"method 'oracle' needs a synthetic corpus with a known generative model; task "
-                f"{context.task.spec.name!r} has none"
-            )
+        truth = ground_truth(context.task, "oracle")
         utterances = context.task.corpus.annotations.utterance[context.episode.query]
         proba = np.asarray(truth.listener_proba(context.episode.listener, utterances), dtype=np.float32)
         return proba, optimal_thresholds(proba)

@@ -30,7 +30,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from perserbench.data.synthetic.perception import ListenerModel, population_names, softmax
+from perserbench.data.synthetic.perception import (
+    ListenerModel,
+    population_names,
+    softmax,
+    squared_ratio_ticks,
+)
 from perserbench.data.synthetic.world import LABELS, RELATED
 
 SCHOOLS = 3
@@ -68,15 +73,14 @@ class ConfusionModel(ListenerModel):
         return perceived @ self.confusion[self.index(listener)]
 
     def secondary_proba(self, listener: str, primary: np.ndarray) -> np.ndarray:
-        ratio = primary / primary.max(axis=1, keepdims=True)
-        return self.secondary[self.index(listener)] * ratio**2
+        return squared_ratio_ticks(self.secondary[self.index(listener)], primary)
 
     def every_listener_proba(self, utterances: np.ndarray,
                              members: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         j = slice(None) if members is None else members
         perceived = softmax(self.similarity[np.asarray(utterances)] / EVIDENCE_TEMPERATURE)
         pi = perceived[None] @ self.confusion[j]
-        return pi, self.secondary[j, None, None] * (pi / pi.max(axis=-1, keepdims=True)) ** 2
+        return pi, squared_ratio_ticks(self.secondary[j, None, None], pi)
 
     def draw_population(self, rng: np.random.Generator, n: int) -> ConfusionModel:
         """Members of this corpus's schools in turn, each with fresh individual noise, bias and

@@ -97,6 +97,19 @@ class ListenerModel(ABC):
         what someone who knows the generator, but not the listener, believes about a listener."""
 
 
+def relative_evidence(primary: np.ndarray) -> np.ndarray:
+    """Each class's primary probability over that of the most probable class, [..., C]: what
+    every generator's secondary ticks depend on."""
+    return primary / primary.max(axis=-1, keepdims=True)
+
+
+def squared_ratio_ticks(rate: np.ndarray | float, primary: np.ndarray) -> np.ndarray:
+    """Secondary tick probabilities ``rate · (π_c / max π)²`` (styles and confusion) of one
+    listener (``rate`` a number, ``primary`` [n, C]) or of many (``rate`` [J, 1, 1], ``primary``
+    [J, n, C]): one formula for the sampler's per-listener form and the vectorized one."""
+    return rate * relative_evidence(primary) ** 2
+
+
 def population_names(n: int) -> tuple[str, ...]:
     """Names of the hypothetical listeners of :meth:`ListenerModel.draw_population`."""
     return tuple(f"population-{i}" for i in range(n))

@@ -21,7 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from perserbench.data.synthetic.perception import ListenerModel, population_names, softmax
+from perserbench.data.synthetic.perception import (
+    ListenerModel,
+    population_names,
+    relative_evidence,
+    softmax,
+)
 from perserbench.data.synthetic.world import LABELS
 
 EVIDENCE_TEMPERATURE = 1.6  # > 1 blurs perception: the main knob of agreement (kappa)
@@ -45,21 +50,25 @@ class PriorShiftModel(ListenerModel):
         return softmax(scores + self.log_prior[self.index(listener)])
 
     def secondary_proba(self, listener: str, primary: np.ndarray) -> np.ndarray:
-        ratio = primary / primary.max(axis=1, keepdims=True)
-        margin = (ratio - self.threshold[self.index(listener)]) / THRESHOLD_WIDTH
-        return EXTRA_MAX / (1.0 + np.exp(-margin))
+        return threshold_ticks(self.threshold[self.index(listener)], primary)
 
     def every_listener_proba(self, utterances: np.ndarray,
                              members: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         j = slice(None) if members is None else members
         scores = self.similarity[np.asarray(utterances)] / EVIDENCE_TEMPERATURE
         pi = softmax(scores[None] + self.log_prior[j, None, :])
-        margin = (pi / pi.max(axis=-1, keepdims=True) - self.threshold[j, None, None]) / THRESHOLD_WIDTH
-        return pi, EXTRA_MAX / (1.0 + np.exp(-margin))
+        return pi, threshold_ticks(self.threshold[j, None, None], pi)
 
     def draw_population(self, rng: np.random.Generator, n: int) -> PriorShiftModel:
         """Fresh log-priors and thresholds: the generator has no corpus-level parameters."""
         return draw_prior_shift(rng, self.similarity, population_names(n), self.uniform)
+
+
+def threshold_ticks(threshold: np.ndarray | float, primary: np.ndarray) -> np.ndarray:
+    """Secondary tick probabilities: ``EXTRA_MAX`` times a soft step of the relative evidence at
+    the listener's ``threshold`` (a number with ``primary`` [n, C], or [J, 1, 1] with [J, n, C])."""
+    margin = (relative_evidence(primary) - threshold) / THRESHOLD_WIDTH
+    return EXTRA_MAX / (1.0 + np.exp(-margin))
 
 
 def draw_prior_shift(rng: np.random.Generator, similarity: np.ndarray, names: tuple[str, ...],

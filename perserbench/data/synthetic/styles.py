@@ -16,7 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from perserbench.data.synthetic.perception import ListenerModel, population_names, softmax
+from perserbench.data.synthetic.perception import (
+    ListenerModel,
+    population_names,
+    softmax,
+    squared_ratio_ticks,
+)
 from perserbench.data.synthetic.world import ANGRY, EXCITED, FRUSTRATED, HAPPY, LABELS, NEUTRAL, SAD
 
 STYLES = ("literal", "anger-sensitive", "neutral-leaning", "enthusiast")
@@ -56,15 +61,14 @@ class StylesModel(ListenerModel):
         return softmax(scores / self.temperature[j])
 
     def secondary_proba(self, listener: str, primary: np.ndarray) -> np.ndarray:
-        ratio = primary / primary.max(axis=1, keepdims=True)
-        return self.secondary[self.index(listener)] * ratio**2
+        return squared_ratio_ticks(self.secondary[self.index(listener)], primary)
 
     def every_listener_proba(self, utterances: np.ndarray,
                              members: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         j = slice(None) if members is None else members
         scores = self.similarity[np.asarray(utterances)][None] @ self.confusion[j]
         pi = softmax((scores + self.bias[j, None, :]) / self.temperature[j, None, None])
-        return pi, self.secondary[j, None, None] * (pi / pi.max(axis=-1, keepdims=True)) ** 2
+        return pi, squared_ratio_ticks(self.secondary[j, None, None], pi)
 
     def draw_population(self, rng: np.random.Generator, n: int) -> StylesModel:
         """The styles in turn (as the corpus assigns them), each with fresh individual deviation."""
