@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.optimize import minimize
 
 from perserbench.data import Annotations, Corpus, Utterance, register_corpus
@@ -89,32 +90,39 @@ def cell_means(result) -> dict[tuple[str, int], float]:
 # --------------------------------------------------------------------------- the solver
 
 
-def test_map_fit_reaches_the_optimum_scipy_finds():
-    """The batched damped Newton solves the same problem as scipy's L-BFGS, per listener."""
+@pytest.mark.parametrize("mixing,margins", [("full", False), ("full", True), ("diagonal", True), ("none", True)])
+def test_map_fit_reaches_the_optimum_scipy_finds(mixing, margins):
+    """The batched damped Newton solves the same problem as scipy's L-BFGS, per listener, and
+    its Hessian (the Laplace posterior precision, assembled from shared and per-class feature
+    blocks) is the objective's second derivative."""
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(3, 7, 4, generator=gen, dtype=torch.float64) * 2
     y = (torch.rand(3, 7, 4, generator=gen) < 0.3).double()
     mask = torch.ones(3, 7)
     mask[1, 3:] = 0  # a shorter support, padded
     pos_weight = torch.tensor([1.0, 3.0, 2.0, 5.0], dtype=torch.float64)
-    mu = torch.randn(4, 5, generator=gen, dtype=torch.float64) * 0.3
-    precision = torch.rand(4, 5, generator=gen, dtype=torch.float64) + 0.5
-    theta, _, _ = map_fit(z, y, mask, pos_weight, mu, precision, "full", steps=50)
+    d = logit_features(z[0], mixing, margins).shape[-1]
+    mu = torch.randn(4, d, generator=gen, dtype=torch.float64) * 0.3
+    precision = torch.rand(4, d, generator=gen, dtype=torch.float64) + 0.5
+    theta, hessian, value = map_fit(z, y, mask, pos_weight, mu, precision, mixing, steps=50, margins=margins)
 
-    def objective(flat: np.ndarray, n: int) -> float:
+    def objective(th: torch.Tensor, n: int) -> torch.Tensor:
+        """The MAP objective of listener n summed over classes, by the per-class features."""
         keep = mask[n] > 0
-        feats = logit_features(z[n, keep], "full").numpy()  # [K, C, d]
-        zn, yn, w = z[n, keep].numpy(), y[n, keep].numpy(), pos_weight.numpy()
-        th = flat.reshape(4, 5)
-        s = zn + (feats * th).sum(-1)
-        data = w * yn * np.logaddexp(0, -s) + (1 - yn) * np.logaddexp(0, s)
-        return float(data.sum() + 0.5 * (precision.numpy() * (th - mu.numpy()) ** 2).sum())
+        feats = logit_features(z[n, keep], mixing, margins)  # [K, C, d]
+        s = z[n, keep] + (feats * th).sum(-1)
+        data = pos_weight * y[n, keep] * F.softplus(-s) + (1 - y[n, keep]) * F.softplus(s)
+        return data.sum() + 0.5 * (precision * (th - mu) ** 2).sum()
 
     for n in range(3):
-        best = minimize(objective, mu.numpy().ravel(), args=(n,), method="L-BFGS-B",
-                        options={"gtol": 1e-10, "ftol": 1e-14})
-        assert objective(theta[n].numpy().ravel(), n) <= best.fun + 1e-8
+        best = minimize(lambda flat, n=n: float(objective(torch.from_numpy(flat).view(4, d), n)), mu.numpy().ravel(),
+                        method="L-BFGS-B", options={"gtol": 1e-10, "ftol": 1e-14})
+        assert float(objective(theta[n], n)) <= best.fun + 1e-8
         assert np.allclose(theta[n].numpy().ravel(), best.x, atol=1e-4)
+        assert torch.allclose(value[n].sum(), objective(theta[n], n))
+        exact = torch.autograd.functional.hessian(lambda th, n=n: objective(th, n), theta[n])  # [C, d, C, d]
+        per_class = torch.stack([exact[c, :, c, :] for c in range(4)])  # classes do not interact
+        assert torch.allclose(hessian[n], per_class)
 
 
 def test_map_fit_without_evidence_is_the_prior_mean_and_with_much_evidence_leaves_it():
