@@ -150,7 +150,7 @@ GROUP_ELEMENTS = 2**22  # Newton-feature elements per listener group of the prio
 
 def margin_features(z: torch.Tensor) -> torch.Tensor:
     """Each class's logit margin to the item's most evident class, ``m_c = z_c − max_k z_k``
-    (≤ 0), and ``exp(m_c)`` (≤ 1, the relative evidence), as ``[..., C, 2]``.
+    (≤ 0), and ``exp(m_c)`` (in (0, 1]), as ``[..., C, 2]``.
 
     Why: listeners differ in how readily they add a class that is *not* the most evident one
     (one ticks every plausible emotion, another only the clearest), and that depends on how far
@@ -196,46 +196,25 @@ def map_fit(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, pos_weight: to
     m = mask.double().unsqueeze(-1)  # [N, K, 1]
     w_pos = m * pos_weight.double()
     w_neg = m.expand_as(y)
-    feats = logit_features(z, mixing, margins)  # [N, K, C, d]
     mu, precision = mu.double(), precision.double()
     mu = mu.expand(z.shape[0], *mu.shape[-2:])  # one prior mean for all, or one per listener
     theta = (mu if init is None else init.double()).clone()
-    # With full mixing every class reads the same leading features [z, 1] of an item, so their
-    # per-class sums over items are batched matrix products (C× less work than the generic
-    # einsums over the class-expanded features, and BLAS instead of einsum's loops); only the
-    # class-specific rest (the margins, or every feature of the other mixings) is per class.
-    n_shared = z.shape[-1] + 1 if mixing == "full" else 0
-    shared = feats[:, :, 0, :n_shared] if n_shared else None  # [N, K, ds]
-    own = feats[..., n_shared:].transpose(1, 2) if feats.shape[-1] > n_shared else None  # [N, C, K, do]
+    # Each (listener, class) problem's features laid out as one [K, d] matrix, so every sum over
+    # items is a batched matrix product (BLAS), one per step for the gradient and one for the
+    # Hessian, however the features are made up.
+    rows = logit_features(z, mixing, margins).transpose(1, 2).contiguous()  # [N, C, K, d]
 
     def project(theta: torch.Tensor) -> torch.Tensor:
         """feats · θ per item and class [N, K, C]."""
-        out = torch.bmm(shared, theta[..., :n_shared].transpose(1, 2)) if shared is not None else 0.0
-        if own is not None:
-            out = out + (own * theta[..., n_shared:].unsqueeze(2)).sum(-1).transpose(1, 2)
-        return out
+        return (rows @ theta.unsqueeze(-1)).squeeze(-1).transpose(1, 2)
 
     def newton_system(theta: torch.Tensor) -> tuple[torch.Tensor, ...]:
         s = z + project(theta)
         p = torch.sigmoid(s)
         residual = w_neg * (1.0 - y) * p - w_pos * y * (1.0 - p)  # d loss / d s
         curvature = (w_pos * y + w_neg * (1.0 - y)) * p * (1.0 - p)
-        gradients, rows = [], []
-        column = curvature.transpose(1, 2).unsqueeze(-1)  # [N, C, K, 1]
-        if shared is not None:
-            gradients.append(torch.bmm(residual.transpose(1, 2), shared))
-            weighted = shared.unsqueeze(1) * column  # [N, C, K, ds]
-            rows.append([weighted.transpose(-1, -2) @ shared.unsqueeze(1)])
-        if own is not None:
-            gradients.append((own * residual.transpose(1, 2).unsqueeze(-1)).sum(2))
-            own_block = (own * column).transpose(-1, -2) @ own  # [N, C, do, do]
-            if shared is not None:
-                cross = weighted.transpose(-1, -2) @ own  # [N, C, ds, do]
-                rows = [[rows[0][0], cross], [cross.transpose(-1, -2), own_block]]
-            else:
-                rows.append([own_block])
-        data_gradient = torch.cat(gradients, dim=-1)
-        data_hessian = torch.cat([torch.cat(row, dim=-1) for row in rows], dim=-2)
+        data_gradient = (residual.transpose(1, 2).unsqueeze(-2) @ rows).squeeze(-2)  # [N, C, d]
+        data_hessian = (rows * curvature.transpose(1, 2).unsqueeze(-1)).transpose(-1, -2) @ rows
         gradient = data_gradient + precision * (theta - mu)
         hessian = data_hessian + torch.diag_embed(precision.expand_as(theta))
         value = _data_loss(s, y, w_pos, w_neg) + 0.5 * (precision * (theta - mu).square()).sum(-1)
