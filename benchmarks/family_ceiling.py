@@ -11,6 +11,11 @@ For every K = 20 episode of every fold it scores, on the episode's query (:data:
 * ``calibrate all`` (the same method, its support replaced by *all* of the listener's labels
   in the scenario's pool outside the query: ~440 seen, ~90 unseen; the family's ceiling at
   calibrate's own decision rule);
+* ``calibrate K exact`` (the method on the same 20 support items, prior and decision rule,
+  but on exact evidence: its base logits are the generator population's average listener's
+  class marginals, :func:`population_logits`, instead of the consensus model's, which reads
+  the evidence only through noisy features; what the same transform and prior make of K
+  labels when the base model is perfect);
 * ``oracle`` (true probabilities, expected-F1-optimal decisions, as on the board).
 
 It runs in one process, unsealed: a diagnostic, not a board result, and it tunes nothing.
@@ -28,25 +33,51 @@ import torch
 from perserbench.episodes import LabelledItems, MetaTrainSet, episode_items, sample_episodes
 from perserbench.expected_f1 import optimal_thresholds
 from perserbench.featurerows import gather
+from perserbench.methods.bayes_oracle import MEMBERS_PER_CHUNK
+from perserbench.methods.oracle import ground_truth
 from perserbench.metrics import episode_metrics
 from perserbench.registry import create_method
 from perserbench.runner import _derived_seed
 from perserbench.tasks import ResolvedTask, load_task
 
 SHOTS = 20
-ROWS = ("consensus", "calibrate K", "calibrate all", "oracle")
+ROWS = ("consensus", "calibrate K", "calibrate all", "calibrate K exact", "oracle")
+POPULATION = 2000  # population listeners averaged for the exact base logits
+
+
+def population_logits(task: ResolvedTask, population: int = POPULATION) -> torch.Tensor:
+    """Logits of the class marginals of the generator's average listener for every utterance
+    [utterances, C]: ``population`` listeners drawn as ``bayes-oracle`` draws them (seed 0),
+    their marginals averaged. The base a consensus model would have if the features carried
+    the evidence exactly."""
+    truth = ground_truth(task, "family_ceiling.py")
+    members = truth.draw_population(np.random.default_rng(0), population)
+    utterances = np.arange(len(task.corpus.utterances))
+    total = np.zeros((len(utterances), len(task.corpus.vocabulary)))
+    for chunk in np.array_split(np.arange(population), -(-population // MEMBERS_PER_CHUNK)):
+        pi, q = members.every_listener_proba(utterances, chunk)
+        total += (pi + (1.0 - pi) * q).sum(axis=0)
+    return torch.logit(torch.from_numpy(total / population), eps=1e-6)
 
 
 def family_ceiling(task: ResolvedTask, shots: int = SHOTS) -> dict[str, dict[str, float]]:
     """Mean macro-F1 per scenario of each row of :data:`ROWS` over the K = ``shots`` episodes
     of every fold, calibrate at its defaults with the method seed a board run gives the fold."""
     ann, truth = task.corpus.annotations, task.corpus.truth
+    exact_logits = population_logits(task)
     scores: dict[str, dict[str, list[float]]] = {}
     for fold in task.folds:
         seed = _derived_seed(0, fold.index)
         method = create_method("calibrate", seed=seed)
         torch.manual_seed(seed)
-        method.meta_fit(MetaTrainSet(task, fold))
+        train = MetaTrainSet(task, fold)
+        method.meta_fit(train)
+        exact = create_method("calibrate", seed=seed)
+        # The meta-train utterances in MetaTrainSet's order (it keeps no utterance ids).
+        rows = np.flatnonzero(np.isin(ann.listener, np.array(fold.train, dtype=object))
+                              & task.train_pool[ann.utterance])
+        exact.fit_prior(train, exact_logits[np.unique(ann.utterance[rows])])
+        exact.head_ = None  # no consensus model: its predictors are only given exact logits
         for scenario in task.spec.episodes.scenarios:
             episodes = sample_episodes(task, fold, scenario, shots)
             items = [episode_items(task, ep) for ep in episodes]
@@ -57,12 +88,19 @@ def family_ceiling(task: ResolvedTask, shots: int = SHOTS) -> dict[str, dict[str
                 pools.append(LabelledItems(gather(task.features, ann.utterance[rows]),
                                            torch.from_numpy(ann.labels[rows].astype(np.float32))))
             every = method.adapt_many(pools)
-            for ep, (_, query, labels), few, many in zip(episodes, items, own, every, strict=True):
+            supports = [exact_logits[ann.utterance[ep.support]] for ep in episodes]
+            exact_own = exact.adapt_logits(torch.stack(supports),
+                                           torch.stack([support.y for support, _, _ in items]),
+                                           torch.ones(len(episodes), shots))
+            for ep, (_, query, labels), few, many, perfect in zip(episodes, items, own, every, exact_own,
+                                                                  strict=True):
                 oracle = truth.listener_proba(ep.listener, ann.utterance[ep.query]).astype(np.float32)
                 with torch.no_grad():
                     decided = {"consensus": (torch.sigmoid(method.head_(query.x)).numpy(), None),
                                "calibrate K": (few.predict_proba(query).numpy(), None),
                                "calibrate all": (many.predict_proba(query).numpy(), None),
+                               "calibrate K exact": (perfect.proba_from_logits(
+                                   exact_logits[ann.utterance[ep.query]]).numpy(), None),
                                "oracle": (oracle, optimal_thresholds(oracle))}
                 for name, (proba, thresholds) in decided.items():
                     scores.setdefault(scenario, {}).setdefault(name, []).append(
@@ -81,7 +119,8 @@ def main() -> None:
         gap = mean["oracle"] - mean["consensus"]
         print(f"  {scenario:6s} " + "  ".join(f"{name} {mean[name]:.3f}" for name in ROWS)
               + f"  | headroom captured: K={args.shots} {(mean['calibrate K'] - mean['consensus']) / gap:.0%}, "
-              f"all {(mean['calibrate all'] - mean['consensus']) / gap:.0%}")
+              f"all {(mean['calibrate all'] - mean['consensus']) / gap:.0%}, "
+              f"K={args.shots} exact {(mean['calibrate K exact'] - mean['consensus']) / gap:.0%}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
 from conftest import synthetic_task_toml
 
 from perserbench.runner import run
@@ -13,7 +15,7 @@ from perserbench.tasks import load_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from family_ceiling import ROWS, family_ceiling
+from family_ceiling import ROWS, family_ceiling, population_logits
 
 
 def test_the_family_ceiling_rows_are_the_board_numbers_and_more_labels_help(tmp_path):
@@ -30,4 +32,18 @@ def test_the_family_ceiling_rows_are_the_board_numbers_and_more_labels_help(tmp_
         board = next(r.mean for r in run(method, task, [10]).summary if r.metric == "macro_f1")
         assert abs(means[name] - board) < 1e-9, name
     assert means["calibrate all"] > means["consensus"] + 0.02
+    assert means["calibrate K exact"] > means["calibrate K"]  # a perfect base model helps the same transform
     assert means["oracle"] > max(means[name] for name in ROWS if name != "oracle")
+
+
+def test_exact_base_logits_are_every_listeners_marginals_when_all_hear_alike(tmp_path):
+    """On a uniform control every population listener is the corpus's listener, so the average
+    listener's marginals are exactly each listener's true probabilities."""
+    path = tmp_path / "small-uniform.toml"
+    path.write_text(synthetic_task_toml(options='{ seed = 0, generator = "prior-shift", uniform = true }',
+                                        scenarios=("unseen",), shots=(5,), query=20, episodes=2, episode_seed=11))
+    task = load_task(path)
+    truth = task.corpus.truth
+    utterances = np.arange(len(task.corpus.utterances))
+    expected = truth.listener_proba(truth.listeners[3], utterances)
+    assert np.allclose(torch.sigmoid(population_logits(task, population=50)).numpy(), expected, atol=1e-9)

@@ -341,12 +341,15 @@ class CalibratedPredictor:
 
     def predict_proba(self, items: Items) -> torch.Tensor:
         with torch.no_grad():
-            z = self.head(items.x).double()
-            feats = logit_features(z, self.mixing, self.margins)  # [Q, C, d]
-            s = z + torch.einsum("qcd,kcd->kqc", feats, self.theta)  # [J, Q, C]
-            var = torch.einsum("qca,kcab,qcb->kqc", feats, self.cov, feats)
-            p = torch.sigmoid(s / torch.sqrt(1.0 + math.pi * var / 8.0) + self.shift)
-            return torch.einsum("k,kqc->qc", self.weights, p).float()
+            return self.proba_from_logits(self.head(items.x).double())
+
+    def proba_from_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """The listener's probabilities [Q, C] from base logits ``z`` [Q, C] (float64)."""
+        feats = logit_features(z, self.mixing, self.margins)  # [Q, C, d]
+        s = z + torch.einsum("qcd,kcd->kqc", feats, self.theta)  # [J, Q, C]
+        var = torch.einsum("qca,kcab,qcb->kqc", feats, self.cov, feats)
+        p = torch.sigmoid(s / torch.sqrt(1.0 + math.pi * var / 8.0) + self.shift)
+        return torch.einsum("k,kqc->qc", self.weights, p).float()
 
 
 @register_method("calibrate")
@@ -373,11 +376,16 @@ class Calibrate(Method):
                 raise PerserbenchError(f"method 'calibrate': config {key}={getattr(c, key)} must be at least 1")
 
     def meta_fit(self, train: MetaTrainSet) -> None:
-        c = self.config
         self._check()
         self.head_ = train_consensus(train, ConsensusConfig(), self.seed).eval()
         with torch.no_grad():
-            logits = train.features.map(self.head_).double()
+            self.fit_prior(train, train.features.map(self.head_).double())
+
+    def fit_prior(self, train: MetaTrainSet, logits: torch.Tensor) -> None:
+        """The decision shift and the empirical-Bayes prior from the meta-train annotations and
+        the base logits of the meta-train utterances [U, C] (the consensus model's; a diagnostic
+        such as ``benchmarks/family_ceiling.py`` may pass others)."""
+        c = self.config
         balance = positive_weights(train.y).double()
         self.loss_weight_ = balance if c.weighted_loss else torch.ones_like(balance)
         self.shift_ = c.decision_shift * balance.log()
@@ -391,16 +399,21 @@ class Calibrate(Method):
     def adapt_many(self, supports: list[LabelledItems]) -> list[Predictor]:
         if not supports:
             return []
-        c = self.config
         xs, ys, ms = pad_supports(supports)
         with torch.no_grad():
             z = self.head_(xs.flatten(0, 1)).view(*xs.shape[:2], -1)
+        return self.adapt_logits(z, ys, ms)
+
+    def adapt_logits(self, z: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor) -> list[CalibratedPredictor]:
+        """One predictor per support from its base logits ``z`` [N, K, C], labels ``ys``
+        [N, K, C] and padding mask ``ms`` [N, K] (as :func:`~perserbench.metalearn.pad_supports`)."""
+        c = self.config
         if c.population_weight == 1:
             theta, hessian, _ = map_fit(z, ys, ms, self.loss_weight_, self.prior_mean_,
                                         c.prior_scale / self.prior_var_, c.mixing, c.newton_steps, margins=c.margins)
             cov, ones = torch.linalg.inv(hessian), torch.ones(1, dtype=torch.float64)
             return [CalibratedPredictor(self.head_, theta[i:i + 1], cov[i:i + 1], ones, self.shift_, c.mixing, c.margins)
-                    for i in range(len(supports))]
+                    for i in range(len(z))]
         # One MAP fit per (listener, component): row i·J + j is listener i under component j,
         # component 0 the population Gaussian, component j ≥ 1 meta-train listener j − 1.
         means = torch.cat([self.prior_mean_.unsqueeze(0), self.listeners_])
@@ -408,7 +421,7 @@ class Calibrate(Method):
         precisions = torch.stack([base] + [base / c.bandwidth ** 2] * len(self.listeners_))
         log_prior = torch.tensor([c.population_weight] + [(1 - c.population_weight) / len(self.listeners_)]
                                  * len(self.listeners_), dtype=torch.float64).log()
-        n, j = len(supports), len(means)
+        n, j = len(z), len(means)
         zr, yr, mr = (t.repeat_interleave(j, dim=0) for t in (z, ys, ms))
         mu, precision = means.repeat(n, 1, 1), precisions.repeat(n, 1, 1)
         theta, hessian, value = map_fit(zr, yr, mr, self.loss_weight_, mu, precision, c.mixing, c.newton_steps,
