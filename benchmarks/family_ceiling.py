@@ -16,6 +16,7 @@ For every K = 20 episode of every fold it scores, on the episode's query (:data:
   class marginals, :func:`population_logits`, instead of the consensus model's, which reads
   the evidence only through noisy features; what the same transform and prior make of K
   labels when the base model is perfect);
+* ``calibrate all exact`` (both: all of the listener's labels, on exact evidence);
 * ``oracle`` (true probabilities, expected-F1-optimal decisions, as on the board).
 
 It runs in one process, unsealed: a diagnostic, not a board result, and it tunes nothing.
@@ -41,7 +42,7 @@ from perserbench.runner import _derived_seed
 from perserbench.tasks import ResolvedTask, load_task
 
 SHOTS = 20
-ROWS = ("consensus", "calibrate K", "calibrate all", "calibrate K exact", "oracle")
+ROWS = ("consensus", "calibrate K", "calibrate all", "calibrate K exact", "calibrate all exact", "oracle")
 POPULATION = 2000  # population listeners averaged for the exact base logits
 
 
@@ -58,6 +59,21 @@ def population_logits(task: ResolvedTask, population: int = POPULATION) -> torch
         pi, q = members.every_listener_proba(utterances, chunk)
         total += (pi + (1.0 - pi) * q).sum(axis=0)
     return torch.logit(torch.from_numpy(total / population), eps=1e-6)
+
+
+def padded_logits(task: ResolvedTask, logits: torch.Tensor,
+                  rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Base ``logits`` [N, width, C] of the utterances of each list of annotation ``rows``,
+    their labels [N, width, C] and a mask [N, width] (0 = padding), as ``adapt_logits`` takes them."""
+    ann, width = task.corpus.annotations, max(len(r) for r in rows)
+    z = torch.zeros(len(rows), width, logits.shape[1], dtype=logits.dtype)
+    y = torch.zeros(len(rows), width, logits.shape[1])
+    mask = torch.zeros(len(rows), width)
+    for i, r in enumerate(rows):
+        z[i, : len(r)] = logits[ann.utterance[r]]
+        y[i, : len(r)] = torch.from_numpy(ann.labels[r].astype(np.float32))
+        mask[i, : len(r)] = 1.0
+    return z, y, mask
 
 
 def family_ceiling(task: ResolvedTask, shots: int = SHOTS) -> dict[str, dict[str, float]]:
@@ -82,24 +98,22 @@ def family_ceiling(task: ResolvedTask, shots: int = SHOTS) -> dict[str, dict[str
             episodes = sample_episodes(task, fold, scenario, shots)
             items = [episode_items(task, ep) for ep in episodes]
             own = method.adapt_many([support for support, _, _ in items])
-            pools = []
-            for ep in episodes:
-                rows = np.setdiff1d(task.listener_rows(ep.listener, scenario), ep.query)
-                pools.append(LabelledItems(gather(task.features, ann.utterance[rows]),
-                                           torch.from_numpy(ann.labels[rows].astype(np.float32))))
-            every = method.adapt_many(pools)
-            supports = [exact_logits[ann.utterance[ep.support]] for ep in episodes]
-            exact_own = exact.adapt_logits(torch.stack(supports),
-                                           torch.stack([support.y for support, _, _ in items]),
-                                           torch.ones(len(episodes), shots))
-            for ep, (_, query, labels), few, many, perfect in zip(episodes, items, own, every, exact_own,
-                                                                  strict=True):
+            pool_rows = [np.setdiff1d(task.listener_rows(ep.listener, scenario), ep.query) for ep in episodes]
+            every = method.adapt_many([LabelledItems(gather(task.features, ann.utterance[rows]),
+                                                     torch.from_numpy(ann.labels[rows].astype(np.float32)))
+                                       for rows in pool_rows])
+            exact_own = exact.adapt_logits(*padded_logits(task, exact_logits, [ep.support for ep in episodes]))
+            exact_every = exact.adapt_logits(*padded_logits(task, exact_logits, pool_rows))
+            for ep, (_, query, labels), few, many, perfect, perfect_many in zip(
+                    episodes, items, own, every, exact_own, exact_every, strict=True):
                 oracle = truth.listener_proba(ep.listener, ann.utterance[ep.query]).astype(np.float32)
                 with torch.no_grad():
                     decided = {"consensus": (torch.sigmoid(method.head_(query.x)).numpy(), None),
                                "calibrate K": (few.predict_proba(query).numpy(), None),
                                "calibrate all": (many.predict_proba(query).numpy(), None),
                                "calibrate K exact": (perfect.proba_from_logits(
+                                   exact_logits[ann.utterance[ep.query]]).numpy(), None),
+                               "calibrate all exact": (perfect_many.proba_from_logits(
                                    exact_logits[ann.utterance[ep.query]]).numpy(), None),
                                "oracle": (oracle, optimal_thresholds(oracle))}
                 for name, (proba, thresholds) in decided.items():
@@ -120,7 +134,8 @@ def main() -> None:
         print(f"  {scenario:6s} " + "  ".join(f"{name} {mean[name]:.3f}" for name in ROWS)
               + f"  | headroom captured: K={args.shots} {(mean['calibrate K'] - mean['consensus']) / gap:.0%}, "
               f"all {(mean['calibrate all'] - mean['consensus']) / gap:.0%}, "
-              f"K={args.shots} exact {(mean['calibrate K exact'] - mean['consensus']) / gap:.0%}")
+              f"K={args.shots} exact {(mean['calibrate K exact'] - mean['consensus']) / gap:.0%}, "
+              f"all exact {(mean['calibrate all exact'] - mean['consensus']) / gap:.0%}")
 
 
 if __name__ == "__main__":

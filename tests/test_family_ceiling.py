@@ -33,6 +33,7 @@ def test_the_family_ceiling_rows_are_the_board_numbers_and_more_labels_help(tmp_
         assert abs(means[name] - board) < 1e-9, name
     assert means["calibrate all"] > means["consensus"] + 0.02
     assert means["calibrate K exact"] > means["calibrate K"]  # a perfect base model helps the same transform
+    assert means["calibrate all exact"] > means["consensus"] + 0.02
     assert means["oracle"] > max(means[name] for name in ROWS if name != "oracle")
 
 
