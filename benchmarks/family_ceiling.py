@@ -31,6 +31,7 @@ import argparse
 import numpy as np
 import torch
 
+from perserbench.data.synthetic.perception import marginal
 from perserbench.episodes import LabelledItems, MetaTrainSet, episode_items, sample_episodes
 from perserbench.expected_f1 import optimal_thresholds
 from perserbench.featurerows import gather
@@ -57,7 +58,7 @@ def population_logits(task: ResolvedTask, population: int = POPULATION) -> torch
     total = np.zeros((len(utterances), len(task.corpus.vocabulary)))
     for chunk in np.array_split(np.arange(population), -(-population // MEMBERS_PER_CHUNK)):
         pi, q = members.every_listener_proba(utterances, chunk)
-        total += (pi + (1.0 - pi) * q).sum(axis=0)
+        total += marginal(pi, q).sum(axis=0)
     return torch.logit(torch.from_numpy(total / population), eps=1e-6)
 
 

@@ -59,8 +59,7 @@ class ListenerModel(ABC):
     def listener_proba(self, listener: str, utterances: np.ndarray) -> np.ndarray:
         """P(listener ticks class c) per utterance, [n, C] — the exact marginal."""
         pi = self.primary_proba(listener, utterances)
-        q = self.secondary_proba(listener, pi)
-        return pi + (1.0 - pi) * q
+        return marginal(pi, self.secondary_proba(listener, pi))
 
     def every_listener_proba(self, utterances: np.ndarray,
                              members: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +82,7 @@ class ListenerModel(ABC):
         other class independently, so P(y) = Σ_{k: y_k = 1} π_k · Π_{c ≠ k} q_c^{y_c} (1 − q_c)^{1 − y_c}."""
         y = np.asarray(labels, dtype=bool)
         pi, q = self.every_listener_proba(utterances, members)
-        marginals = pi + (1.0 - pi) * q
+        marginals = marginal(pi, q)
         q = np.clip(q, 1e-12, 1.0 - 1e-12)
         # Π_{c ≠ k} B_c = Π_c B_c / B_k with B_k = q_k for a ticked k: P(y) = Π_c B_c · Σ_{k ticked} π_k / q_k
         every_secondary = np.where(y, np.log(q), np.log1p(-q)).sum(axis=-1)
@@ -95,6 +94,12 @@ class ListenerModel(ABC):
         """``n`` new listeners drawn from the distribution this corpus's listeners were drawn
         from, its corpus-level parameters (styles, schools) held fixed, on the same utterances:
         what someone who knows the generator, but not the listener, believes about a listener."""
+
+
+def marginal(primary: np.ndarray, secondary: np.ndarray) -> np.ndarray:
+    """P(a class is ticked): it is the primary label, or else a secondary tick,
+    ``π + (1 − π) q`` (shapes as given)."""
+    return primary + (1.0 - primary) * secondary
 
 
 def relative_evidence(primary: np.ndarray) -> np.ndarray:
