@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perserbench.episodes import MetaTrainSet, episode_items, sample_episodes
+from perserbench.episodes import MetaTrainSet, episode_items, sample_episodes, split_hash
 from perserbench.expected_f1 import optimal_thresholds
 from perserbench.methods.bayes_oracle import BayesOracle, effective_sample_size
 from perserbench.metrics import episode_metrics
@@ -63,11 +63,12 @@ def bayes_ceiling(task: ResolvedTask, shots: list[int], population: int | None =
 
 def board_means(task: ResolvedTask, board: Path = BOARD) -> dict[str, dict[tuple[str, int], float]]:
     """Mean macro-F1 per (scenario, K) of the :data:`BOARD_ROWS` methods' committed own-support
-    results on ``task`` (the same task hash)."""
+    results on ``task`` (the same split hash: results are only compared on equal hashes)."""
     out: dict[str, dict[tuple[str, int], float]] = {}
+    task_hash = split_hash(task)
     for path in find_result_files([board]):
         result = load_result(path)
-        if (result.method["name"] in BOARD_ROWS and result.task["name"] == task.spec.name
+        if (result.method["name"] in BOARD_ROWS and result.task["hash"] == task_hash
                 and result.method.get("control", "own") == "own"):
             out[result.method["name"]] = {(r.scenario, r.shots): r.mean for r in result.summary
                                           if r.metric == "macro_f1"}

@@ -32,7 +32,13 @@ import numpy as np
 import torch
 
 from perserbench.data.synthetic.perception import marginal
-from perserbench.episodes import LabelledItems, MetaTrainSet, episode_items, sample_episodes
+from perserbench.episodes import (
+    LabelledItems,
+    MetaTrainSet,
+    episode_items,
+    meta_train_rows,
+    sample_episodes,
+)
 from perserbench.expected_f1 import optimal_thresholds
 from perserbench.featurerows import gather
 from perserbench.methods.bayes_oracle import MEMBERS_PER_CHUNK
@@ -91,9 +97,7 @@ def family_ceiling(task: ResolvedTask, shots: int = SHOTS) -> dict[str, dict[str
         method.meta_fit(train)
         exact = create_method("calibrate", seed=seed)
         # The meta-train utterances in MetaTrainSet's order (it keeps no utterance ids).
-        rows = np.flatnonzero(np.isin(ann.listener, np.array(fold.train, dtype=object))
-                              & task.train_pool[ann.utterance])
-        exact.fit_prior(train, exact_logits[np.unique(ann.utterance[rows])])
+        exact.fit_prior(train, exact_logits[np.unique(ann.utterance[meta_train_rows(task, fold)])])
         exact.head_ = None  # no consensus model: its predictors are only given exact logits
         for scenario in task.spec.episodes.scenarios:
             episodes = sample_episodes(task, fold, scenario, shots)

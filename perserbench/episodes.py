@@ -70,6 +70,13 @@ class LabelledItems(Items):
         return Items(self.x)
 
 
+def meta_train_rows(task: ResolvedTask, fold: ListenerFold) -> np.ndarray:
+    """The annotation rows a fold's :class:`MetaTrainSet` holds: its meta-train listeners'
+    labels of training-pool utterances (its features are ``np.unique`` of their utterances)."""
+    ann = task.corpus.annotations
+    return np.flatnonzero(np.isin(ann.listener, np.array(fold.train, dtype=object)) & task.train_pool[ann.utterance])
+
+
 class MetaTrainSet:
     """What a method may learn from in one fold: meta-train listeners' annotations on
     training-pool utterances, and the fold's consensus labels computed from those only.
@@ -88,8 +95,7 @@ class MetaTrainSet:
 
     def __init__(self, task: ResolvedTask, fold: ListenerFold) -> None:
         ann = task.corpus.annotations
-        train_listeners = np.array(fold.train, dtype=object)
-        rows = np.flatnonzero(np.isin(ann.listener, train_listeners) & task.train_pool[ann.utterance])
+        rows = meta_train_rows(task, fold)
         check_meta_train(task, fold, rows)
         utts, local = np.unique(ann.utterance[rows], return_inverse=True)
         self.task_name = task.spec.name
