@@ -22,6 +22,14 @@ For every K = 20 episode of every fold it scores, on the episode's query (:data:
 It runs in one process, unsealed: a diagnostic, not a board result, and it tunes nothing.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/family_ceiling.py synthetic-dev-prior-shift
+
+``--corpus-seed S`` (repeatable) redraws the task's corpus with seed ``S`` (other listeners,
+other utterances, the same generator and protocol) and prints one block per draw, then the
+spread of the headroom shares over the draws: how much of a board figure is the particular
+16 listeners the board's one draw holds.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/family_ceiling.py synthetic-prior-shift \
+        --corpus-seed 2 --corpus-seed 3 --corpus-seed 4 --corpus-seed 5
 """
 
 from __future__ import annotations
@@ -127,20 +135,35 @@ def family_ceiling(task: ResolvedTask, shots: int = SHOTS) -> dict[str, dict[str
     return {scenario: {name: float(np.mean(v)) for name, v in rows.items()} for scenario, rows in scores.items()}
 
 
+def headroom_shares(mean: dict[str, float]) -> dict[str, float]:
+    """Each calibrate row's gain over consensus as a share of the oracle's."""
+    gap = mean["oracle"] - mean["consensus"]
+    return {name: (mean[name] - mean["consensus"]) / gap for name in ROWS if name.startswith("calibrate")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("task")
     parser.add_argument("--shots", type=int, default=SHOTS)
+    parser.add_argument("--corpus-seed", type=int, action="append", default=[],
+                        help="redraw the corpus with this seed (repeatable); default: the task's own draw")
     args = parser.parse_args()
-    task = load_task(args.task)
-    print(f"{task.spec.name}: mean macro-F1 over the K={args.shots} episodes of every fold")
-    for scenario, mean in family_ceiling(task, args.shots).items():
-        gap = mean["oracle"] - mean["consensus"]
-        print(f"  {scenario:6s} " + "  ".join(f"{name} {mean[name]:.3f}" for name in ROWS)
-              + f"  | headroom captured: K={args.shots} {(mean['calibrate K'] - mean['consensus']) / gap:.0%}, "
-              f"all {(mean['calibrate all'] - mean['consensus']) / gap:.0%}, "
-              f"K={args.shots} exact {(mean['calibrate K exact'] - mean['consensus']) / gap:.0%}, "
-              f"all exact {(mean['calibrate all exact'] - mean['consensus']) / gap:.0%}")
+    shares: dict[str, list[float]] = {}
+    for seed in args.corpus_seed or [None]:
+        task = load_task(args.task, None if seed is None else {"seed": seed})
+        draw = "" if seed is None else f", corpus seed {seed}"
+        print(f"{task.spec.name}{draw}: mean macro-F1 over the K={args.shots} episodes of every fold")
+        for scenario, mean in family_ceiling(task, args.shots).items():
+            share = headroom_shares(mean)
+            shares.setdefault(scenario, []).append(share["calibrate K"])
+            print(f"  {scenario:6s} " + "  ".join(f"{name} {mean[name]:.3f}" for name in ROWS)
+                  + f"  | headroom captured: K={args.shots} {share['calibrate K']:.0%}, "
+                  f"all {share['calibrate all']:.0%}, K={args.shots} exact {share['calibrate K exact']:.0%}, "
+                  f"all exact {share['calibrate all exact']:.0%}")
+    if len(args.corpus_seed) > 1:
+        for scenario, values in shares.items():
+            print(f"  {scenario:6s} calibrate K={args.shots} over {len(values)} draws: mean {np.mean(values):.0%}, "
+                  f"min {min(values):.0%}, max {max(values):.0%}")
 
 
 if __name__ == "__main__":

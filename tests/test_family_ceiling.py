@@ -15,7 +15,7 @@ from perserbench.tasks import load_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from family_ceiling import ROWS, family_ceiling, population_logits
+from family_ceiling import ROWS, family_ceiling, main, population_logits
 
 
 def test_the_family_ceiling_rows_are_the_board_numbers_and_more_labels_help(tmp_path):
@@ -48,3 +48,27 @@ def test_exact_base_logits_are_every_listeners_marginals_when_all_hear_alike(tmp
     utterances = np.arange(len(task.corpus.utterances))
     expected = truth.listener_proba(truth.listeners[3], utterances)
     assert np.allclose(torch.sigmoid(population_logits(task, population=50)).numpy(), expected, atol=1e-9)
+
+
+def test_corpus_seeds_redraw_the_corpus_and_seed_zero_is_the_tasks_own_draw(tmp_path, monkeypatch, capsys):
+    """``--corpus-seed``: one block per draw; the task's own seed reproduces the plain run line
+    for line, another seed gives other numbers, and the spread line summarises the draws."""
+    path = tmp_path / "small-shift.toml"
+    path.write_text(synthetic_task_toml(options='{ seed = 0, generator = "prior-shift" }', scenarios=("unseen",),
+                                        shots=(5,), query=20, episodes=2, episode_seed=11))
+
+    def printed(*extra: str) -> list[str]:
+        monkeypatch.setattr(sys, "argv", ["family_ceiling.py", str(path), "--shots", "5", *extra])
+        main()
+        return capsys.readouterr().out.splitlines()
+
+    plain = printed()
+    draws = printed("--corpus-seed", "0", "--corpus-seed", "3")
+    assert draws[0].endswith("corpus seed 0: mean macro-F1 over the K=5 episodes of every fold")
+    assert draws[1] == plain[1]  # seed 0 is the task's own corpus
+    assert draws[2].endswith("corpus seed 3: mean macro-F1 over the K=5 episodes of every fold")
+    assert draws[3] != plain[1]  # another draw: other listeners, other numbers
+    shares = [float(line.split("headroom captured: K=5 ")[1].split("%")[0]) for line in (draws[1], draws[3])]
+    summary = draws[4]
+    assert summary.strip().startswith("unseen calibrate K=5 over 2 draws")
+    assert f"min {min(shares):.0f}%" in summary and f"max {max(shares):.0f}%" in summary
