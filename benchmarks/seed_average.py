@@ -13,6 +13,10 @@ methods below 0.05; for the smallest p of a cell that is p below 0.01.
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/seed_average.py --task synthetic-confusion \\
         --task synthetic-prior-shift --method calibrate --seed 0 --seed 1 --seed 2 --runs runs/seeds
 
+``--corpus-seed S`` (repeatable) runs the same comparison on other corpus draws of each task
+(other listeners and utterances, the same generator and protocol; one table per draw): is a
+missing ▲ the board's draw? (docs/generators.md, "How typical is the board's draw?")
+
 It chooses nothing: a diagnostic of the board's statistics, not a tuning run.
 """
 
@@ -36,9 +40,11 @@ from perserbench.tasks import load_task
 STRICTEST_HOLM = 0.05 / 5  # the first step of Holm over the five ranked methods of a board cell
 
 
-def episodes(method: str, task: str, seeds: list[int], runs: Path) -> pd.DataFrame:
-    """The episode records of ``method`` on ``task`` with ``seeds``, run unless already in ``runs``."""
-    resolved = load_task(task)
+def episodes(method: str, task: str, seeds: list[int], runs: Path, corpus_seed: int | None = None) -> pd.DataFrame:
+    """The episode records of ``method`` on ``task`` (its corpus drawn with ``corpus_seed``, or
+    its own) with ``seeds``, run unless already in ``runs`` (files are named by the split hash,
+    which covers the labels, so two draws never share one)."""
+    resolved = load_task(task, None if corpus_seed is None else {"seed": corpus_seed})
     spec = resolved.spec.episodes
     path = runs / planned_filename(method, describe(method).config_hash, resolved, seeds, spec.scenarios, spec.shots)
     if not path.exists():
@@ -66,13 +72,16 @@ def main() -> None:
     parser.add_argument("--method", default="calibrate")
     parser.add_argument("--seed", type=int, action="append", required=True)
     parser.add_argument("--runs", type=Path, default=Path("runs/seeds"))
+    parser.add_argument("--corpus-seed", type=int, action="append", default=[],
+                        help="redraw each task's corpus with this seed (repeatable); default: the task's own draw")
     args = parser.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)
     console = Console()
-    for task in args.task:
-        table = seed_table(episodes(args.method, task, args.seed, args.runs),
-                           episodes(BASELINE, task, args.seed, args.runs), args.seed)
-        out = Table(title=f"{args.method} − {BASELINE} on {task}: mean gain over listeners, Wilcoxon p "
+    for task, draw in ((t, d) for t in args.task for d in args.corpus_seed or [None]):
+        table = seed_table(episodes(args.method, task, args.seed, args.runs, draw),
+                           episodes(BASELINE, task, args.seed, args.runs, draw), args.seed)
+        name = task if draw is None else f"{task} (corpus seed {draw})"
+        out = Table(title=f"{args.method} − {BASELINE} on {name}: mean gain over listeners, Wilcoxon p "
                           f"(▲: below {STRICTEST_HOLM:g}, a ▲ after Holm over five methods)")
         labels = list(dict.fromkeys(table.seeds))
         out.add_column("cell")

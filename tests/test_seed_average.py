@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import synthetic_task_toml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-from seed_average import seed_table
+from seed_average import episodes, seed_table
 
 
 def _episodes(offset: dict[int, float]) -> pd.DataFrame:
@@ -31,3 +32,21 @@ def test_each_seed_and_their_average_are_tested_over_listeners():
     assert gains["seed 0"] == pytest.approx(0.05) and gains["seed 1"] == pytest.approx(0.01)
     assert gains["seeds averaged"] == pytest.approx(0.03)
     assert (table.p < 0.01).all()  # every listener gains: the smallest two-sided p for 12 listeners
+
+
+def test_another_corpus_draw_is_run_and_kept_apart_from_the_tasks_own(tmp_path):
+    """``--corpus-seed``: the draw changes the labels, so the run is another file in ``runs``
+    (named by the split hash) with other scores, and asking again reuses that file."""
+    path = tmp_path / "small.toml"
+    path.write_text(synthetic_task_toml(options='{ seed = 0, generator = "prior-shift" }', scenarios=("unseen",),
+                                        shots=(5,), query=10, episodes=1, episode_seed=11))
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    own = episodes("consensus", str(path), [0], runs)
+    other = episodes("consensus", str(path), [0], runs, corpus_seed=3)
+    assert len(list(runs.iterdir())) == 2
+    assert not np.allclose(own.macro_f1.to_numpy()[:3], other.macro_f1.to_numpy()[:3])
+    written = {f: f.stat().st_mtime_ns for f in runs.iterdir()}
+    again = episodes("consensus", str(path), [0], runs, corpus_seed=3)
+    assert {f: f.stat().st_mtime_ns for f in runs.iterdir()} == written
+    pd.testing.assert_frame_equal(again, other)
