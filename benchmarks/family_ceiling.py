@@ -35,6 +35,7 @@ spread of the headroom shares over the draws: how much of a board figure is the 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -49,6 +50,7 @@ from perserbench.episodes import (
 )
 from perserbench.expected_f1 import optimal_thresholds
 from perserbench.featurerows import gather
+from perserbench.metalearn import pad_supports
 from perserbench.methods.bayes_oracle import MEMBERS_PER_CHUNK
 from perserbench.methods.oracle import ground_truth
 from perserbench.metrics import episode_metrics
@@ -76,19 +78,14 @@ def population_logits(task: ResolvedTask, population: int = POPULATION) -> torch
     return torch.logit(torch.from_numpy(total / population), eps=1e-6)
 
 
-def padded_logits(task: ResolvedTask, logits: torch.Tensor,
-                  rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Base ``logits`` [N, width, C] of the utterances of each list of annotation ``rows``,
-    their labels [N, width, C] and a mask [N, width] (0 = padding), as ``adapt_logits`` takes them."""
-    ann, width = task.corpus.annotations, max(len(r) for r in rows)
-    z = torch.zeros(len(rows), width, logits.shape[1], dtype=logits.dtype)
-    y = torch.zeros(len(rows), width, logits.shape[1])
-    mask = torch.zeros(len(rows), width)
-    for i, r in enumerate(rows):
-        z[i, : len(r)] = logits[ann.utterance[r]]
-        y[i, : len(r)] = torch.from_numpy(ann.labels[r].astype(np.float32))
-        mask[i, : len(r)] = 1.0
-    return z, y, mask
+def row_items(task: ResolvedTask, rows: np.ndarray,
+              x_of: Callable[[np.ndarray], torch.Tensor]) -> LabelledItems:
+    """Annotation ``rows`` as one listener's labelled items, ``x_of`` giving the inputs of their
+    utterances: the task's features for the method as it runs, exact base logits for the
+    ``exact`` rows (padded by :func:`~perserbench.metalearn.pad_supports` into what
+    ``adapt_logits`` takes)."""
+    ann = task.corpus.annotations
+    return LabelledItems(x_of(ann.utterance[rows]), torch.from_numpy(ann.labels[rows].astype(np.float32)))
 
 
 def family_ceiling(task: ResolvedTask, shots: int = SHOTS) -> dict[str, dict[str, float]]:
@@ -96,6 +93,13 @@ def family_ceiling(task: ResolvedTask, shots: int = SHOTS) -> dict[str, dict[str
     of every fold, calibrate at its defaults with the method seed a board run gives the fold."""
     ann, truth = task.corpus.annotations, task.corpus.truth
     exact_logits = population_logits(task)
+
+    def features(utterances: np.ndarray) -> torch.Tensor:
+        return gather(task.features, utterances)
+
+    def exact_of(utterances: np.ndarray) -> torch.Tensor:
+        return exact_logits[utterances]
+
     scores: dict[str, dict[str, list[float]]] = {}
     for fold in task.folds:
         seed = _derived_seed(0, fold.index)
@@ -112,22 +116,19 @@ def family_ceiling(task: ResolvedTask, shots: int = SHOTS) -> dict[str, dict[str
             items = [episode_items(task, ep) for ep in episodes]
             own = method.adapt_many([support for support, _, _ in items])
             pool_rows = [np.setdiff1d(task.listener_rows(ep.listener, scenario), ep.query) for ep in episodes]
-            every = method.adapt_many([LabelledItems(gather(task.features, ann.utterance[rows]),
-                                                     torch.from_numpy(ann.labels[rows].astype(np.float32)))
-                                       for rows in pool_rows])
-            exact_own = exact.adapt_logits(*padded_logits(task, exact_logits, [ep.support for ep in episodes]))
-            exact_every = exact.adapt_logits(*padded_logits(task, exact_logits, pool_rows))
+            every = method.adapt_many([row_items(task, rows, features) for rows in pool_rows])
+            exact_own = exact.adapt_logits(*pad_supports([row_items(task, ep.support, exact_of) for ep in episodes]))
+            exact_every = exact.adapt_logits(*pad_supports([row_items(task, rows, exact_of) for rows in pool_rows]))
             for ep, (_, query, labels), few, many, perfect, perfect_many in zip(
                     episodes, items, own, every, exact_own, exact_every, strict=True):
                 oracle = truth.listener_proba(ep.listener, ann.utterance[ep.query]).astype(np.float32)
+                query_logits = exact_of(ann.utterance[ep.query])
                 with torch.no_grad():
                     decided = {"consensus": (torch.sigmoid(method.head_(query.x)).numpy(), None),
                                "calibrate K": (few.predict_proba(query).numpy(), None),
                                "calibrate all": (many.predict_proba(query).numpy(), None),
-                               "calibrate K exact": (perfect.proba_from_logits(
-                                   exact_logits[ann.utterance[ep.query]]).numpy(), None),
-                               "calibrate all exact": (perfect_many.proba_from_logits(
-                                   exact_logits[ann.utterance[ep.query]]).numpy(), None),
+                               "calibrate K exact": (perfect.proba_from_logits(query_logits).numpy(), None),
+                               "calibrate all exact": (perfect_many.proba_from_logits(query_logits).numpy(), None),
                                "oracle": (oracle, optimal_thresholds(oracle))}
                 for name, (proba, thresholds) in decided.items():
                     scores.setdefault(scenario, {}).setdefault(name, []).append(

@@ -93,8 +93,8 @@ def cell_means(result) -> dict[tuple[str, int], float]:
 @pytest.mark.parametrize("mixing,margins", [("full", False), ("full", True), ("diagonal", True), ("none", True)])
 def test_map_fit_reaches_the_optimum_scipy_finds(mixing, margins):
     """The batched damped Newton solves the same problem as scipy's L-BFGS, per listener, and
-    its Hessian (the Laplace posterior precision, assembled from shared and per-class feature
-    blocks) is the objective's second derivative."""
+    its Hessian (the Laplace posterior precision, one [K, d] feature matrix per class) is the
+    objective's second derivative."""
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(3, 7, 4, generator=gen, dtype=torch.float64) * 2
     y = (torch.rand(3, 7, 4, generator=gen) < 0.3).double()

@@ -289,21 +289,19 @@ def fit_prior_groups(groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return mu, var, theta
 
 
+def listener_rows(train: MetaTrainSet) -> list[torch.Tensor]:
+    """The annotation rows of each meta-train listener with a label, listener by listener."""
+    return [r for r in (torch.nonzero(train.listener == i).squeeze(1) for i in range(len(train.listeners))) if len(r)]
+
+
 def listener_table(train: MetaTrainSet, logits: torch.Tensor,
                    rows: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Meta-train annotations grouped by listener and padded: the consensus logits [L, A, C] of
-    the items each listener labelled, their labels [L, A, C] and a mask [L, A] (for the
-    listeners whose annotation rows are ``rows``; default: every listener with a label)."""
-    if rows is None:
-        rows = [r for r in (torch.nonzero(train.listener == i).squeeze(1) for i in range(len(train.listeners)))
-                if len(r)]
-    width = max(len(r) for r in rows)
-    z = logits.new_zeros(len(rows), width, logits.shape[1])
-    y = train.y.new_zeros(len(rows), width, train.n_classes)
-    mask = torch.zeros(len(rows), width)
-    for i, r in enumerate(rows):
-        z[i, : len(r)], y[i, : len(r)], mask[i, : len(r)] = logits[train.utterance[r]], train.y[r], 1.0
-    return z, y, mask
+    """Meta-train annotations grouped by listener and padded (:func:`pad_supports`, as the
+    supports are): the consensus logits [L, A, C] of the items each listener labelled, their
+    labels [L, A, C] and a mask [L, A] (for the listeners whose annotation rows are ``rows``;
+    default: :func:`listener_rows`)."""
+    return pad_supports([LabelledItems(logits[train.utterance[r]], train.y[r])
+                         for r in (listener_rows(train) if rows is None else rows)])
 
 
 def listener_groups(train: MetaTrainSet, logits: torch.Tensor, mixing: str, margins: bool = False,
@@ -314,7 +312,7 @@ def listener_groups(train: MetaTrainSet, logits: torch.Tensor, mixing: str, marg
     quadratic (39 GB for 1,700 listeners of a 160,000-utterance corpus); listeners sorted by
     workload and grouped greedily pad only to their group's heaviest. A table that fits the
     budget is one group: :func:`listener_table` itself."""
-    rows = [r for r in (torch.nonzero(train.listener == i).squeeze(1) for i in range(len(train.listeners))) if len(r)]
+    rows = listener_rows(train)
     per_item = train.n_classes * logit_features(logits[:1, :1].new_zeros(1, train.n_classes), mixing,
                                                 margins).shape[-1]
     if len(rows) * max(len(r) for r in rows) * per_item <= budget:
