@@ -30,7 +30,13 @@ from perserbench.errors import PerserbenchError
 from perserbench.leaderboard.paths import check_no_stray_files, result_files
 from perserbench.leaderboard.plausibility import check_ceilings
 from perserbench.leaderboard.validate import TaskResolver, validate_result
-from perserbench.results import PRIMARY_METRIC, SECONDARY_METRIC, RunResult
+from perserbench.results import (
+    PRIMARY_METRIC,
+    SECONDARY_METRIC,
+    ListenerRecord,
+    RunResult,
+    SummaryRecord,
+)
 from perserbench.roles import BASELINE, CEILINGS, Role, headroom, role_of
 from perserbench.stats import EquivalenceTest, FriedmanResult, friedman, no_harm_test
 
@@ -58,6 +64,11 @@ class Cell:
     file: str
     version: str
     config_hash: str
+    pooled_from: tuple[str, ...] = ()  # a cell pooled over corpus draws: the draws' files (``file`` is empty)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return self.pooled_from or (self.file,)
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,13 @@ class TaskBoard:
     no_harm: dict[CellKey, dict[str, EquivalenceTest | None]] = field(default_factory=dict)  # vs consensus
     no_harm_task: dict[str, EquivalenceTest | None] = field(default_factory=dict)  # over all cells of the task
     uniform: bool = False  # a uniform control: every listener perceives alike
+    replicate_of: str | None = None  # another corpus draw of this board task (pooled in Board.pooled)
+    draws: tuple[str, ...] = ()  # a board pooled over corpus draws: the tasks pooled, the board task first
+
+    @property
+    def title(self) -> str:
+        """The name a page shows: a pooled board is its task's name and the number of draws."""
+        return f"{self.name} ({len(self.draws)} draws pooled)" if self.draws else self.name
 
     def part(self, role: Role) -> Part:
         return {"ranked": self.ranked, "reference": self.references, "control": self.controls}[role]
@@ -121,7 +139,7 @@ class TaskBoard:
         return [c for c in CEILINGS if c in present]
 
     def files(self, method: str, role: Role = "ranked") -> list[str]:
-        return sorted({c[method].file for c in self.part(role).values() if method in c})
+        return sorted({f for c in self.part(role).values() if method in c for f in c[method].files})
 
     def versions(self, method: str, role: Role = "ranked") -> list[str]:
         return sorted({c[method].version for c in self.part(role).values() if method in c})
@@ -175,6 +193,7 @@ class Board:
     tasks: dict[str, TaskBoard]
     files: list[str]
     across: AcrossTasks | None = None
+    pooled: dict[str, TaskBoard] = field(default_factory=dict)  # board task -> its draws pooled (:mod:`.pooled`)
 
 
 def load_board(board_dir: Path, resolver: TaskResolver) -> Board:
@@ -192,9 +211,10 @@ def load_board(board_dir: Path, resolver: TaskResolver) -> Board:
             raise PerserbenchError(f"{path}: result files on the board must use their canonical name {canonical} "
                                    "(use `perserbench leaderboard submit`)")
         loaded.append((str(path), result))
+        info = resolver.get(result.task_name, str(path))
         board = tasks.setdefault(result.task_name, TaskBoard(
-            result.task_name, result.task["version"], result.task["hash"],
-            uniform=resolver.get(result.task_name, str(path)).uniform))
+            result.task_name, result.task["version"], result.task["hash"], uniform=info.uniform,
+            replicate_of=info.replicate_of))
         role = role_of(result, str(path))
         for cell in cells_of(result, path.name):
             slot = board.part(role).setdefault((cell.scenario, cell.shots), {})
@@ -207,31 +227,50 @@ def load_board(board_dir: Path, resolver: TaskResolver) -> Board:
             slot[cell.method] = cell
     check_ceilings(loaded)
     for board in tasks.values():
-        for key in board.cell_keys:
-            ranked = board.ranked.get(key, {})
-            board.comparisons[key] = compare_to_baseline(ranked)
-            board.gains[key] = personalization_gains(ranked, board.controls.get(key, {}))
-            board.headroom[key] = headroom_captured(ranked, board.references.get(key, {}))
-            board.no_harm[key] = no_harm(ranked)
-        board.no_harm_task = no_harm_over_cells(board)
+        add_statistics(board)
     ordered = dict(sorted(tasks.items()))
-    return Board(ordered, [Path(p).name for p, _ in loaded], across_tasks(list(ordered.values())))
+    from perserbench.leaderboard.pooled import pool_draws  # it builds on this module's cells
+
+    pooled = pool_draws(ordered, loaded)
+    for board in pooled.values():
+        add_statistics(board)
+    return Board(ordered, [Path(p).name for p, _ in loaded], across_tasks(list(ordered.values())), pooled)
+
+
+def add_statistics(board: TaskBoard) -> None:
+    """Every per-cell and per-task statistic of one task's board, from its cells."""
+    for key in board.cell_keys:
+        ranked = board.ranked.get(key, {})
+        board.comparisons[key] = compare_to_baseline(ranked)
+        board.gains[key] = personalization_gains(ranked, board.controls.get(key, {}))
+        board.headroom[key] = headroom_captured(ranked, board.references.get(key, {}))
+        board.no_harm[key] = no_harm(ranked)
+    board.no_harm_task = no_harm_over_cells(board)
 
 
 def cells_of(result: RunResult, file: str) -> list[Cell]:
-    summary = {(r.scenario, r.shots, r.metric): r for r in result.summary}
+    return cells_from(result.method_name, result.scenarios, result.shots, result.summary, result.listeners,
+                      file, result.perserbench_version, str(result.method.get("config_hash", "")))
+
+
+def cells_from(method: str, scenarios: Sequence[str], shots: Sequence[int], summary: Sequence[SummaryRecord],
+               listeners: Sequence[ListenerRecord], file: str, version: str, config_hash: str,
+               pooled_from: tuple[str, ...] = ()) -> list[Cell]:
+    """The board's cells of one method from a run's summary and per-listener records (a result
+    file's own, or those :mod:`.pooled` computes over several draws' episodes)."""
+    heads = {(r.scenario, r.shots, r.metric): r for r in summary}
     per_listener: dict[CellKey, dict[str, float]] = defaultdict(dict)
-    for rec in result.listeners:
+    for rec in listeners:
         per_listener[(rec.scenario, rec.shots)][rec.listener] = getattr(rec, PRIMARY_METRIC)
     out = []
-    for scenario in result.scenarios:
-        for k in result.shots:
-            head = summary[(scenario, k, PRIMARY_METRIC)]
-            out.append(Cell(result.method_name, scenario, k, head.mean, head.ci_low, head.ci_high,
-                            summary[(scenario, k, SECONDARY_METRIC)].mean,
-                            summary[(scenario, k, "micro_f1")].mean, summary[(scenario, k, "top1")].mean,
+    for scenario in scenarios:
+        for k in shots:
+            head = heads[(scenario, k, PRIMARY_METRIC)]
+            out.append(Cell(method, scenario, k, head.mean, head.ci_low, head.ci_high,
+                            heads[(scenario, k, SECONDARY_METRIC)].mean,
+                            heads[(scenario, k, "micro_f1")].mean, heads[(scenario, k, "top1")].mean,
                             head.n_listeners, head.n_episodes, dict(sorted(per_listener[(scenario, k)].items())),
-                            file, result.perserbench_version, str(result.method.get("config_hash", ""))))
+                            file, version, config_hash, pooled_from))
     return out
 
 
@@ -314,7 +353,7 @@ def no_harm_over_cells(task: TaskBoard) -> dict[str, EquivalenceTest | None]:
 def across_tasks(tasks: Sequence[TaskBoard], alpha: float = ALPHA) -> AcrossTasks:
     """Friedman/Nemenyi with the non-uniform tasks as blocks, each scored by the mean over its
     cells, over the ranked methods that have every cell of every block."""
-    blocks = [t for t in tasks if not t.uniform and t.ranked]
+    blocks = [t for t in tasks if not t.uniform and not t.replicate_of and t.ranked]
     names = [t.name for t in blocks]
     methods = sorted(set.intersection(*({m for _, m, mean in t.overall() if mean is not None} for t in blocks))) \
         if blocks else []

@@ -30,7 +30,7 @@ def shots_figure_uri(task: TaskBoard, scenario: str) -> str | None:
                               "low": [c.ci_low for _, c in points], "high": [c.ci_high for _, c in points]}
     if not series:
         return None
-    fig = plots.shots_curve(series, title=f"{task.name} · {scenario}", ylabel=METRIC_LABELS[PRIMARY_METRIC],
+    fig = plots.shots_curve(series, title=f"{task.title} · {scenario}", ylabel=METRIC_LABELS[PRIMARY_METRIC],
                             reference=task.methods("reference"))
     return _uri(fig)
 
@@ -45,5 +45,5 @@ def cd_figure_uri(task: TaskBoard, key: CellKey) -> str | None:
         return None  # Friedman's test needs >= 3 methods; a CD diagram of two is a paired test
     methods = sorted(cells)
     scores = np.array([[cells[m].per_listener[x] for m in methods] for x in common])
-    fig = plots.cd_diagram(scores, methods, title=f"{task.name} · {key[0]} K={key[1]} ({len(common)} listeners)")
+    fig = plots.cd_diagram(scores, methods, title=f"{task.title} · {key[0]} K={key[1]} ({len(common)} listeners)")
     return _uri(fig)

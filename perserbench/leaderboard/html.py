@@ -85,7 +85,12 @@ def _table(head: list[str], left: set[str], rows: list[str]) -> str:
 
 
 def _link(cell: Cell) -> str:
-    """A link to the result file, shown as the method's config hash; the full name on hover."""
+    """A link to the result file, shown as the method's config hash; the full name on hover.
+    A cell pooled over corpus draws links each draw's file, numbered."""
+    if cell.pooled_from:
+        links = " ".join(f'<a href="{RESULTS_DIR}/{html.escape(f)}" title="{html.escape(f)}">{i + 1}</a>'
+                         for i, f in enumerate(cell.pooled_from))
+        return _td(f"{html.escape(cell.config_hash[:8])} ({links})", cell.pooled_from[0], "l")
     name = html.escape(cell.file)
     return _td(f'<a href="{RESULTS_DIR}/{name}" title="{name}">{html.escape(cell.config_hash[:8])}</a>', cell.file, "l")
 
@@ -182,7 +187,7 @@ def _cell(task: TaskBoard, key: CellKey, active: bool) -> list[str]:
         parts += [f"<h4>Do no harm, this cell {_NO_HARM}</h4>", _no_harm_table(task.no_harm[key])]
     uri = cd_figure_uri(task, key)
     if uri:
-        parts.append(f'<figure><img alt="critical-difference diagram, {html.escape(task.name)} {key[0]} K={key[1]}" '
+        parts.append(f'<figure><img alt="critical-difference diagram, {html.escape(task.title)} {key[0]} K={key[1]}" '
                      f'src="{uri}"><figcaption>Critical-difference diagram of the ranked methods (Friedman + Nemenyi '
                      "over test listeners): mean rank per method; methods joined by a bar are not significantly "
                      "different.</figcaption></figure>")
@@ -237,7 +242,10 @@ def _across_html(board: Board) -> list[str]:
 
 
 def render_html(board: Board) -> str:
-    tasks = list(board.tasks.values())
+    # A replicate draw is shown through its task's pooled board (its files are linked there),
+    # not as a page of its own: twelve more pages of figures would add megabytes and no reading.
+    tasks = [shown for task in board.tasks.values() if not task.replicate_of
+             for shown in (task, *([board.pooled[task.name]] if task.name in board.pooled else []))]
     scenarios = sorted({s for t in tasks for s in t.scenarios}, key=("seen", "unseen").index)
     shots = sorted({k for t in tasks for k in t.shots})
     default_scenario = "unseen" if "unseen" in scenarios else (scenarios[0] if scenarios else "")
@@ -257,26 +265,29 @@ def render_html(board: Board) -> str:
                    '<select id="shots" hidden></select><p id="none"></p>')]
     else:
         parts.append('<div class="controls">'
-                     f'<label>Task <select id="task">{options([t.name for t in tasks], tasks[0].name)}</select></label>'
+                     f'<label>Task <select id="task">{options([t.title for t in tasks], tasks[0].title)}</select></label>'
                      f'<label>Scenario <select id="scenario">{options(scenarios, default_scenario)}</select></label>'
                      f'<label>K (shots) <select id="shots">{options(shots, default_k)}</select></label></div>')
         parts.append('<p id="none" class="empty" style="display:none">No results for this task, scenario and K.</p>')
     for i, task in enumerate(tasks):
-        parts.append(f'<section class="task{" active" if i == 0 else ""}" data-task="{html.escape(task.name)}">'
-                     f"<h2>{html.escape(task.name)} <small>task version {html.escape(task.version)}, split hash "
-                     f"<code>{task.hash}</code></small></h2>")
+        pooled = (f"<p>Pooled over the test listeners of {len(task.draws)} corpus draws "
+                  f"({html.escape(', '.join(task.draws))}): the same protocol on other corpus seeds; a method is "
+                  "pooled in a cell only where every draw has it.</p>") if task.draws else ""
+        parts.append(f'<section class="task{" active" if i == 0 else ""}" data-task="{html.escape(task.title)}">'
+                     f"<h2>{html.escape(task.title)} <small>task version {html.escape(task.version)}, split hash "
+                     f"<code>{task.hash}</code></small></h2>{pooled}")
         for key in task.cell_keys:
             parts += _cell(task, key, i == 0 and key == (default_scenario, default_k))
         if task.no_harm_task:
             note = " — a uniform control: personalization cannot help here" if task.uniform else ""
-            parts += [f"<h4>Do no harm, all cells of {html.escape(task.name)}{note} {_NO_HARM}</h4>",
+            parts += [f"<h4>Do no harm, all cells of {html.escape(task.title)}{note} {_NO_HARM}</h4>",
                       _no_harm_table(task.no_harm_task)]
         for scenario in task.scenarios:
             uri = shots_figure_uri(task, scenario)
             if uri:
                 on = " active" if i == 0 and scenario == default_scenario else ""
                 parts.append(f'<figure class="curve{on}" data-scenario="{scenario}"><img alt="{html.escape(PRIMARY)} versus '
-                             f'shots, {html.escape(task.name)} {scenario}" src="{uri}"><figcaption>{html.escape(PRIMARY)} versus K '
+                             f'shots, {html.escape(task.title)} {scenario}" src="{uri}"><figcaption>{html.escape(PRIMARY)} versus K '
                              f"({scenario}), shaded: 95% CI; references dashed.</figcaption></figure>")
         parts.append("</section>")
     parts += _across_html(board)

@@ -139,6 +139,50 @@ def _across_tasks(across: AcrossTasks | None) -> list[str]:
     return lines + [""]
 
 
+def _task_tables(task: TaskBoard) -> list[str]:
+    keys = task.cell_keys
+    lines = _ranked_table(task, keys) + [""]
+    if task.ranked:
+        lines += [f"**{SECONDARY}** (secondary metric, mean over test listeners):", ""]
+        lines += _secondary_table(task, keys) + [""]
+    if task.references:
+        lines += ["**Ceiling / references** (not ranked):", ""] + _references_table(task, keys) + [""]
+    if task.ceilings and any(task.headroom.values()):
+        lines += [("**Headroom captured** — (method − consensus) / (ceiling − consensus); 100% = at the ceiling, "
+                  "— where the ceiling is not above consensus:"), ""] + _headroom_table(task, keys) + [""]
+    if task.controls:
+        lines += [(f"**Personalization gain** — own support − other-listener control, paired over test listeners "
+                  f"(▲/▼: Wilcoxon, Holm-adjusted over the methods of the cell, α = {ALPHA}):"), ""]
+        lines += _gain_table(task, keys) + [""]
+    if any(task.no_harm.values()):
+        lines += [NO_HARM_TEXT, ""] + _no_harm_table(task, keys) + [""]
+    return lines
+
+
+def _pooled_section(board: Board, pooled: TaskBoard) -> list[str]:
+    """The board task pooled with its replicate draws, then each draw's mean over cells."""
+    listeners = max((c.n_listeners for cells in pooled.ranked.values() for c in cells.values()), default=0)
+    lines = [f"### {pooled.name}: {len(pooled.draws)} corpus draws pooled", "",
+             (f"The task above and its replicates ({', '.join(f'`{d}`' for d in pooled.draws[1:])}): the same protocol "
+              f"on other corpus seeds, so other listeners and utterances. Every cell pools the draws' test listeners "
+              f"(up to {listeners}) as one sample — mean, bootstrap CI, ▲/▼ and headroom are computed over all of "
+              "them, exactly as for one task; a method is pooled in a cell only where every draw has it. Split "
+              f"hashes: `{pooled.hash}`."), ""]
+    lines += _task_tables(pooled)
+    lines += [f"**Each draw** — mean {PRIMARY} over the task's cells (the spread is how much one draw can say):", "",
+              *_draws_table(board, pooled), ""]
+    return lines
+
+
+def _draws_table(board: Board, pooled: TaskBoard) -> list[str]:
+    means = {name: {m: mean for _, m, mean in board.tasks[name].overall()} for name in pooled.draws}
+    lines = [_row(["Method", *pooled.draws]), _rule(1, len(pooled.draws))]
+    for _, method, _ in pooled.overall():
+        lines.append(_row([method, *("—" if (v := means[name].get(method)) is None else fixed(v)
+                                     for name in pooled.draws)]))
+    return lines
+
+
 def render_markdown(board: Board) -> str:
     lines = [
         "# perserbench leaderboard",
@@ -163,24 +207,13 @@ def render_markdown(board: Board) -> str:
         lines += ["No results yet. Add one with `perserbench leaderboard submit RESULT.json`.", ""]
     lines += _uniform_summary(board)
     for task in board.tasks.values():
-        keys = task.cell_keys
+        if task.replicate_of:
+            continue  # read through its board task's pooled section (its files are linked there)
         kind = " A uniform control: personalization cannot help here." if task.uniform else ""
         lines += [f"## {task.name}", "", f"Task version {task.version}, split hash `{task.hash}`.{kind}", ""]
-        lines += _ranked_table(task, keys) + [""]
-        if task.ranked:
-            lines += [f"**{SECONDARY}** (secondary metric, mean over test listeners):", ""]
-            lines += _secondary_table(task, keys) + [""]
-        if task.references:
-            lines += ["**Ceiling / references** (not ranked):", ""] + _references_table(task, keys) + [""]
-        if task.ceilings and any(task.headroom.values()):
-            lines += [("**Headroom captured** — (method − consensus) / (ceiling − consensus); 100% = at the ceiling, "
-                      "— where the ceiling is not above consensus:"), ""] + _headroom_table(task, keys) + [""]
-        if task.controls:
-            lines += [(f"**Personalization gain** — own support − other-listener control, paired over test listeners "
-                      f"(▲/▼: Wilcoxon, Holm-adjusted over the methods of the cell, α = {ALPHA}):"), ""]
-            lines += _gain_table(task, keys) + [""]
-        if any(task.no_harm.values()):
-            lines += [NO_HARM_TEXT, ""] + _no_harm_table(task, keys) + [""]
+        lines += _task_tables(task)
+        if task.name in board.pooled:
+            lines += _pooled_section(board, board.pooled[task.name])
     lines += _across_tasks(board.across)
     lines += ["## Submitting", "",
               ("Run your method with `perserbench run --method NAME --task TASK --out runs`, then "

@@ -50,6 +50,7 @@ class TaskInfo:
     required: dict[EpisodeKey, tuple[int, int]]
     development: bool = False
     uniform: bool = False  # a uniform control (corpus option uniform = true): no personalization can help
+    replicate_of: str | None = None  # the board task this one is another corpus draw of (TaskSpec.replicate_of)
 
 
 class TaskResolver:
@@ -92,7 +93,7 @@ class TaskResolver:
         uniform = {**spec.corpus.options, **(self.corpus_options or {})}.get("uniform", False)
         return TaskInfo(spec.name, spec.version, task_hash, tuple(spec.episodes.scenarios),
                         tuple(spec.episodes.shots), required, not spec.ranked,
-                        uniform is True or str(uniform).lower() == "true")
+                        uniform is True or str(uniform).lower() == "true", spec.replicate_of)
 
 
 def validate_result(path: Path, resolver: TaskResolver) -> RunResult:

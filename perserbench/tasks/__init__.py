@@ -107,6 +107,7 @@ class TaskSpec:
     consensus: ConsensusSpec = ConsensusSpec()
     description: str = ""
     purpose: str = "benchmark"
+    replicates: str = ""  # the board task this one is another corpus draw of (see :attr:`replicate_of`)
     source: str = "<memory>"
 
     @property
@@ -118,7 +119,21 @@ class TaskSpec:
         data.pop("source")
         data.pop("description")  # prose; must not change the hash
         data.pop("purpose")  # what the task is for, not what it is
+        data.pop("replicates")  # how the board groups it, not what it is
         return data
+
+    @property
+    def replicate_of(self) -> str | None:
+        """The board task this task is another *corpus draw* of, or None.
+
+        Why replicates exist: a board task is one draw of a synthetic corpus (16 listeners),
+        and a cell's gain over consensus or share of the headroom varies from draw to draw by
+        more than many methods' effects (docs/generators.md, "How typical is the board's
+        draw?"). A replicate keeps its task's whole protocol and changes only the corpus seed;
+        the board pools the draws' listeners (independent people) into one table. Validation
+        (:func:`check_replicate`) refuses a replicate that differs from its task in anything
+        else, so a pooled number is never a mix of protocols."""
+        return self.replicates or None
 
     @property
     def is_development(self) -> bool:
@@ -179,7 +194,7 @@ def parse_task(data: dict[str, Any], source: str = "<memory>") -> TaskSpec:
             raise PerserbenchError(f"{source}: missing table [{name}]")
     head = _build(_TopLevel, top, "", source)
     spec = TaskSpec(name=head.name, version=head.version, description=head.description, purpose=head.purpose,
-                    source=source, **spec_kwargs)
+                    replicates=head.replicates, source=source, **spec_kwargs)
     _check_values(spec)
     return spec
 
@@ -190,6 +205,7 @@ class _TopLevel:
     version: str
     description: str = ""
     purpose: str = "benchmark"
+    replicates: str = ""
 
 
 def _check_values(spec: TaskSpec) -> None:
@@ -219,6 +235,42 @@ def _check_values(spec: TaskSpec) -> None:
         raise PerserbenchError(f"{src}: 'episodes.min_query' ({ep.min_query}) exceeds 'episodes.query' ({ep.query})")
     if not 0.0 < spec.consensus.threshold <= 1.0:
         raise PerserbenchError(f"{src}: 'consensus.threshold' must be in (0, 1], got {spec.consensus.threshold}")
+
+
+REPLICATE_KEY = "seed"  # the one corpus option a replicate changes
+
+
+def check_replicate(spec: TaskSpec, parent: TaskSpec) -> None:
+    """Refuse a replicate that is not its task's protocol on another corpus draw: everything
+    but the name, the prose and the corpus seed must be equal, the seed must differ, and the
+    task it names must not itself be a replicate (one level: the board pools a task with its
+    draws)."""
+    src = spec.source
+    if parent.replicate_of:
+        raise PerserbenchError(f"{src}: 'replicates' names {parent.name!r}, which is itself a replicate of "
+                               f"{parent.replicate_of!r}; name the board task")
+    if parent.purpose != "benchmark" or spec.purpose != "benchmark":
+        raise PerserbenchError(f"{src}: a replicate and the task it replicates ({parent.name!r}) must both be "
+                               "benchmark tasks (a development corpus is never pooled with the board's)")
+    seeds = [s.corpus.options.get(REPLICATE_KEY) for s in (spec, parent)]
+    if seeds[1] is None:  # left to the loader's default, which a replicate could repeat unnoticed
+        raise PerserbenchError(f"{src}: the task it replicates, {parent.name!r}, must state its corpus option "
+                               f"{REPLICATE_KEY!r}")
+    if seeds[0] is None or seeds[0] == seeds[1]:
+        raise PerserbenchError(f"{src}: a replicate must set corpus option {REPLICATE_KEY!r} to another value than "
+                               f"{parent.name!r} ({seeds[1]!r}); it is another draw of that corpus")
+
+    def protocol(s: TaskSpec) -> dict[str, Any]:
+        data = s.as_dict()
+        data.pop("name")
+        data["corpus"]["options"] = {k: v for k, v in data["corpus"]["options"].items() if k != REPLICATE_KEY}
+        return data
+
+    mine, theirs = protocol(spec), protocol(parent)
+    for key in mine:
+        if mine[key] != theirs[key]:
+            raise PerserbenchError(f"{src}: '{key}' differs from {parent.name!r}, which it replicates ({mine[key]!r} "
+                                   f"here, {theirs[key]!r} there); a replicate changes only the corpus seed")
 
 
 def _task_files(name: str, dirs: Sequence[Path]) -> list[Path]:
@@ -264,6 +316,16 @@ def load_task_spec(name_or_path: str | Path, extra_dirs: Sequence[str | Path] = 
                 f"(or pass the path of a .toml task file, or add a task folder with ${TASKS_ENV})"
             )
         path = _unique(name, files)
+    spec = _read_spec(path)
+    if spec.replicate_of:
+        files = _task_files(spec.replicate_of, [*user_task_dirs(extra_dirs), tasks_dir(), path.parent])
+        if not files:
+            raise PerserbenchError(f"{path}: 'replicates' names {spec.replicate_of!r}, which is not a known task")
+        check_replicate(spec, _read_spec(files[0]))
+    return spec
+
+
+def _read_spec(path: Path) -> TaskSpec:
     text = read_text(path, "task file")
     try:
         data = tomllib.loads(text)
