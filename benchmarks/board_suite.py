@@ -13,7 +13,11 @@ What runs where:
 * ``oracle`` (the ceiling) on every task; ``personal`` (the many-shot personal reference) on the
   heterogeneous tasks, where it is a ceiling worth reading;
 * the other-listener control (``--control other-listener``) of every *adaptive* competitor on
-  the heterogeneous tasks: personalization gain = own-support score − other-listener score.
+  the heterogeneous tasks: personalization gain = own-support score − other-listener score;
+* every competitor and ``oracle`` on the heterogeneous tasks' **replicate draws** (the same
+  protocol on corpus seeds 2–5, ``<task>-draw<seed>``), which the board pools with their task.
+  No ``personal`` (its per-episode fine-tuning costs more than all else together) and no
+  controls there: the pooled tables rank, test and take headroom against the oracle.
 
 A run whose result file already exists (same method, task, config and split hash) is skipped,
 so an interrupted regeneration resumes. ``--jobs N`` runs N runs at once in N long-lived
@@ -44,6 +48,9 @@ from perserbench.tasks import ResolvedTask, load_task
 
 HETEROGENEOUS = ("synthetic", "synthetic-confusion", "synthetic-prior-shift")
 UNIFORM = ("synthetic-uniform", "synthetic-confusion-uniform", "synthetic-prior-shift-uniform")
+# The default suite (issue 14's time budget) is HETEROGENEOUS + UNIFORM; the board adds these.
+REPLICATES = tuple(f"{task}-draw{seed}" for task in HETEROGENEOUS for seed in (2, 3, 4, 5))
+BOARD_TASKS = HETEROGENEOUS + UNIFORM + REPLICATES
 COMPETITORS = ("consensus", "calibrate", "finetune", "maml", "meta-perser", "protonet")
 NON_ADAPTIVE = ("consensus",)
 # Relative cost of one run (unloaded seconds on `synthetic`, 2 cores, one run at a time):
@@ -152,7 +159,7 @@ def print_outcome(outcome: Outcome) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("leaderboard/results"))
-    parser.add_argument("--tasks", default=",".join(HETEROGENEOUS + UNIFORM))
+    parser.add_argument("--tasks", default=",".join(BOARD_TASKS))
     parser.add_argument("--methods", default=",".join(COMPETITORS))
     parser.add_argument("--no-references", action="store_true",
                         help="skip oracle/personal (e.g. when several invocations share the work)")

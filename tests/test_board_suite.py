@@ -16,11 +16,18 @@ import board_suite
 
 def test_every_planned_run_has_its_file_under_the_current_defaults():
     results = REPO / "leaderboard" / "results"
-    runs = board_suite.plan(board_suite.HETEROGENEOUS + board_suite.UNIFORM, board_suite.COMPETITORS)
+    runs = board_suite.plan(list(board_suite.BOARD_TASKS), board_suite.COMPETITORS)
     missing = [run for run in runs if board_suite.existing(run, results) is None]
     assert not missing, f"regenerate: {missing}"
     planned = {board_suite.existing(run, results).name for run in runs}
     assert planned == {p.name for p in results.glob("*.json")}  # and no file the suite would not write
+
+
+def test_the_replicates_are_the_bundled_ones():
+    from perserbench.tasks import load_task_spec, task_names
+
+    bundled = {n for n in task_names() if load_task_spec(n).replicate_of in board_suite.HETEROGENEOUS}
+    assert set(board_suite.REPLICATES) == bundled
 
 
 def test_a_file_of_another_config_is_not_the_runs(tmp_path):

@@ -33,7 +33,7 @@ def test_cli_lists_builtin_and_user_tasks(cli, user_dir, monkeypatch):
     code, out, err = cli("tasks", "--tasks", user_dir)
     assert code == 0, err
     rows = {line.split()[0] for line in out.splitlines() if line.strip()}
-    assert {"toy-mine", "synthetic", "synthetic-uniform", "iemocap"} <= rows
+    assert {"toy-mine", "synthetic", "synthetic-uniform", "iemocap", "synthetic-draw2"} <= rows
     assert "toy-mine" in out.split(f"from {user_dir.resolve()}")[1]
 
 

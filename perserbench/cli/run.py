@@ -200,7 +200,8 @@ def tasks_command(
             hash_ = split_hash(resolved)
         except PerserbenchError as exc:  # e.g. a real corpus whose files are not here
             unresolved.append(f"{name}: {exc}")
-        table.add_row(name, spec.corpus.name, listeners,
+        corpus = f"{spec.corpus.name} (a draw of {spec.replicate_of})" if spec.replicate_of else spec.corpus.name
+        table.add_row(name, corpus, listeners,
                       str(spec.listeners.folds), "+".join(spec.episodes.scenarios),
                       ",".join(map(str, spec.episodes.shots)), hash_)
     console.print(table)
