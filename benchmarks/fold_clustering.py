@@ -18,6 +18,13 @@ one): a mean clearly above that null is clustering.
 
     .venv/bin/python benchmarks/fold_clustering.py [--results leaderboard/results]
 
+``--by draw`` asks the same of the board's *pooled* sections, which test the listeners of five
+corpus draws as one sample: listeners of one draw share a whole corpus (its consensus model,
+its meta-train listeners), so there the groups are the draws, and the null deals listeners to
+draws at random. It then tests one method's gain with the *draws* as the unit (a one-sample
+t-test of the five draws' mean gains, ``--method``, default ``calibrate``): the reading that
+makes no independence assumption across a draw's listeners at all.
+
 It reads result files only; pandas has no ICC, and the two-line formula did not justify a
 dependency (pingouin).
 """
@@ -29,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from board_suite import HETEROGENEOUS, UNIFORM
+from board_suite import HETEROGENEOUS, REPLICATES, UNIFORM
 from rich.console import Console
 from rich.table import Table
 
@@ -65,13 +72,20 @@ def listener_gains(results: Path, task: str) -> pd.DataFrame:
     return joined.groupby(["method", "scenario", "shots", "fold", "listener"], as_index=False)["gain"].mean()
 
 
-def clustering(gains: pd.DataFrame, permutations: int, seed: int = 0) -> pd.DataFrame:
-    """Per method: cells, mean ICC over them, the mean under random fold deals and its p-value."""
+def draw_gains(results: Path, task: str) -> pd.DataFrame:
+    """:func:`listener_gains` of ``task`` and of its replicate draws, each row naming its draw."""
+    draws = [task, *(r for r in REPLICATES if r.startswith(f"{task}-draw"))]
+    return pd.concat([listener_gains(results, draw).assign(draw=draw) for draw in draws])
+
+
+def clustering(gains: pd.DataFrame, permutations: int, seed: int = 0, by: str = "fold") -> pd.DataFrame:
+    """Per method: cells, mean ICC over them, the mean under random deals of listeners to the
+    groups ``by`` names (``fold`` or ``draw``) and its p-value."""
     rng = np.random.default_rng(seed)
     rows = []
     for method, of_method in gains.groupby("method"):
-        cells = [(g.gain.to_numpy(), g.fold.to_numpy()) for _, g in of_method.groupby(["task", "scenario", "shots"])
-                 if np.ptp(g.gain.to_numpy()) > 0]
+        cells = [(g.gain.to_numpy(), g[by].to_numpy()) for _, g in of_method.groupby(["task", "scenario", "shots"])
+                 if np.ptp(g.gain.to_numpy()) > 0 and g[by].nunique() > 1]  # one group (personal: one draw) says nothing
         if not cells:
             continue
         observed = float(np.nanmean([icc1(v, f) for v, f in cells]))
@@ -83,22 +97,49 @@ def clustering(gains: pd.DataFrame, permutations: int, seed: int = 0) -> pd.Data
     return pd.DataFrame(rows)
 
 
+def draw_level_tests(gains: pd.DataFrame, method: str) -> pd.DataFrame:
+    """Per (task, scenario, K): each draw's mean gain of ``method`` and the one-sample t-test
+    (scipy) of those means against 0."""
+    from scipy import stats
+
+    means = gains[gains.method == method].groupby(["task", "scenario", "shots", "draw"], sort=False).gain.mean()
+    rows = []
+    for (task, scenario, shots), per_draw in means.groupby(level=[0, 1, 2], sort=False):
+        values = per_draw.to_numpy()
+        rows.append({"task": task, "cell": f"{scenario} K={shots}", "draws": len(values),
+                     "gain per draw": " ".join(f"{v:+.3f}" for v in values), "mean": float(values.mean()),
+                     "p": float(stats.ttest_1samp(values, 0.0).pvalue) if np.ptp(values) > 0 else float("nan")})
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=Path("leaderboard/results"))
     parser.add_argument("--permutations", type=int, default=2000)
     parser.add_argument("--uniform", action="store_true", help="the uniform controls instead of the heterogeneous tasks")
+    parser.add_argument("--by", choices=("fold", "draw"), default="fold",
+                        help="group listeners by fold (one task), or by corpus draw (a task pooled with its replicates)")
+    parser.add_argument("--method", default="calibrate", help="with --by draw: the method tested with draws as the unit")
     args = parser.parse_args()
     tasks = UNIFORM if args.uniform else HETEROGENEOUS
-    gains = pd.concat([listener_gains(args.results, task).assign(task=task) for task in tasks])
-    table = clustering(gains, args.permutations)
-    out = Table(title=f"Intraclass correlation by fold of listener gains over consensus ({', '.join(tasks)})")
+    gains_of = draw_gains if args.by == "draw" else listener_gains
+    gains = pd.concat([gains_of(args.results, task).assign(task=task) for task in tasks])
+    table = clustering(gains, args.permutations, by=args.by)
+    out = Table(title=f"Intraclass correlation by {args.by} of listener gains over consensus ({', '.join(tasks)})")
     for column in table.columns:
         out.add_column(column, justify="left" if column == "method" else "right")
     for row in table.itertuples(index=False):
         label = f"{row[0]} (reference)" if row[0] in REFERENCES else row[0]
         out.add_row(label, str(row[1]), *(f"{v:+.2f}" for v in row[2:5]), f"{row[5]:.3f}")
     Console().print(out)
+    if args.by == "draw":
+        tests = draw_level_tests(gains, args.method)
+        out = Table(title=f"{args.method} − {BASELINE} with the corpus draws as the unit (one-sample t-test)")
+        for column in tests.columns:
+            out.add_column(column, justify="left" if column in ("task", "cell", "gain per draw") else "right")
+        for row in tests.itertuples(index=False):
+            out.add_row(row.task, row.cell, str(row.draws), row[3], f"{row.mean:+.3f}", f"{row.p:.4f}")
+        Console().print(out)
 
 
 if __name__ == "__main__":
