@@ -190,3 +190,15 @@ def test_the_pages_show_the_pooled_section_and_each_draw(tmp_path, replicate_inp
     assert first[1] == pooled.overall()[0][1]
     assert 'data-task="toyp (3 draws pooled)"' in index and 'data-task="toyp-draw2"' not in index
     assert all(f"results/{replicate_inputs['files'][(n, 'label-prior')].name}" in index for n in DRAWS)
+
+
+def test_replicates_without_their_task_on_the_board_are_shown_as_tasks(tmp_path, replicate_inputs):
+    board_dir = tmp_path / "board"
+    (board_dir / "results").mkdir(parents=True)
+    for (name, _), path in replicate_inputs["files"].items():
+        if name != "toyp":
+            shutil.copy(path, board_dir / "results" / path.name)
+    resolver = TaskResolver(replicate_inputs["tasks"])
+    assert load_board(board_dir, resolver).pooled == {}
+    readme = build(board_dir, resolver)["README.md"]
+    assert "## toyp-draw2" in readme and "## toyp-draw3" in readme and "corpus draws pooled" not in readme

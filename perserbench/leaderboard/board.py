@@ -195,6 +195,11 @@ class Board:
     across: AcrossTasks | None = None
     pooled: dict[str, TaskBoard] = field(default_factory=dict)  # board task -> its draws pooled (:mod:`.pooled`)
 
+    def is_pooled_draw(self, task: TaskBoard) -> bool:
+        """A replicate shown through its task's pooled board rather than on its own (a
+        replicate whose task has no result on the board is shown like any task)."""
+        return bool(task.replicate_of) and task.replicate_of in self.pooled
+
 
 def load_board(board_dir: Path, resolver: TaskResolver) -> Board:
     """Validate every result file of the board, refuse results above a ceiling, and arrange

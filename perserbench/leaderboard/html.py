@@ -244,7 +244,7 @@ def _across_html(board: Board) -> list[str]:
 def render_html(board: Board) -> str:
     # A replicate draw is shown through its task's pooled board (its files are linked there),
     # not as a page of its own: twelve more pages of figures would add megabytes and no reading.
-    tasks = [shown for task in board.tasks.values() if not task.replicate_of
+    tasks = [shown for task in board.tasks.values() if not board.is_pooled_draw(task)
              for shown in (task, *([board.pooled[task.name]] if task.name in board.pooled else []))]
     scenarios = sorted({s for t in tasks for s in t.scenarios}, key=("seen", "unseen").index)
     shots = sorted({k for t in tasks for k in t.shots})

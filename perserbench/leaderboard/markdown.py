@@ -207,7 +207,7 @@ def render_markdown(board: Board) -> str:
         lines += ["No results yet. Add one with `perserbench leaderboard submit RESULT.json`.", ""]
     lines += _uniform_summary(board)
     for task in board.tasks.values():
-        if task.replicate_of:
+        if board.is_pooled_draw(task):
             continue  # read through its board task's pooled section (its files are linked there)
         kind = " A uniform control: personalization cannot help here." if task.uniform else ""
         lines += [f"## {task.name}", "", f"Task version {task.version}, split hash `{task.hash}`.{kind}", ""]

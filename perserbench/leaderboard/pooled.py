@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
+from dataclasses import dataclass
 
 from perserbench.leaderboard.board import CellKey, TaskBoard, cells_from
 from perserbench.metrics import listener_aggregates, summarize
@@ -30,8 +31,15 @@ from perserbench.roles import Role, role_of
 
 POOLED_ROLES: tuple[Role, ...] = ("ranked", "reference")
 
-# (task, role, method, cell) -> (episode records, file, perserbench version, config hash)
-_Source = tuple[list[EpisodeRecord], str, str, str]
+
+@dataclass(frozen=True)
+class CellSource:
+    """One draw's records of one method and cell, and the file they come from."""
+
+    episodes: list[EpisodeRecord]
+    file: str
+    version: str  # perserbench version that wrote the file
+    config_hash: str
 
 
 def draw_listener(task: str, listener: str) -> str:
@@ -48,7 +56,7 @@ def pool_draws(tasks: dict[str, TaskBoard], loaded: list[tuple[str, RunResult]])
             draws[task.replicate_of].append(name)
     if not draws:
         return {}
-    sources: dict[tuple[str, Role, str, CellKey], _Source] = {}
+    sources: dict[tuple[str, Role, str, CellKey], CellSource] = {}  # (task, role, method, cell)
     for path, result in loaded:
         role = role_of(result, path)
         if role not in POOLED_ROLES:
@@ -57,27 +65,26 @@ def pool_draws(tasks: dict[str, TaskBoard], loaded: list[tuple[str, RunResult]])
         for rec in result.episodes:
             by_cell[(rec.scenario, rec.shots)].append(rec)
         for key, records in by_cell.items():
-            sources[(result.task_name, role, result.method_name, key)] = (
+            sources[(result.task_name, role, result.method_name, key)] = CellSource(
                 records, path.rsplit("/", 1)[-1], result.perserbench_version, str(result.method.get("config_hash", "")))
     return {parent: _pooled([tasks[name] for name in [parent, *sorted(replicates)]], sources)
             for parent, replicates in sorted(draws.items())}
 
 
-def _pooled(draws: list[TaskBoard], sources: dict[tuple[str, Role, str, CellKey], _Source]) -> TaskBoard:
+def _pooled(draws: list[TaskBoard], sources: dict[tuple[str, Role, str, CellKey], CellSource]) -> TaskBoard:
     parent, names = draws[0], [d.name for d in draws]
     board = TaskBoard(parent.name, parent.version, " + ".join(d.hash for d in draws), draws=tuple(names))
     for role in POOLED_ROLES:
         for key in parent.cell_keys:
             for method in sorted(parent.part(role).get(key, {})):
-                found = [sources.get((name, role, method, key)) for name in names]
-                if any(f is None for f in found) or len({f[3] for f in found if f}) != 1:
+                found = [sources[(name, role, method, key)] for name in names if (name, role, method, key) in sources]
+                if len(found) < len(names) or len({f.config_hash for f in found}) != 1:
                     continue  # missing on a draw, or configurations that differ: nothing to pool
                 episodes = [dataclasses.replace(rec, listener=draw_listener(name, rec.listener))
-                            for name, (records, *_) in zip(names, found) for rec in records]
-                files = tuple(f[1] for f in found if f)
-                versions = sorted({f[2] for f in found if f})
+                            for name, source in zip(names, found) for rec in source.episodes]
+                versions = ", ".join(sorted({f.version for f in found}))
                 (cell,) = cells_from(method, [key[0]], [key[1]], summarize(episodes), listener_aggregates(episodes),
-                                     "", ", ".join(versions), found[0][3], files)
+                                     "", versions, found[0].config_hash, tuple(f.file for f in found))
                 board.part(role).setdefault(key, {})[method] = cell
     return board
 
