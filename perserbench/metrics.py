@@ -35,7 +35,7 @@ from perserbench.results import (
     ListenerRecord,
     SummaryRecord,
 )
-from perserbench.stats import hierarchical_bootstrap_ci
+from perserbench.stats import hierarchical_bootstrap_ci, hierarchical_bootstrap_cis
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -121,9 +121,10 @@ def summarize(
     for (scenario, shots), by_listener in sorted(_by_listener(episodes).items()):
         listeners = sorted(by_listener)
         n_episodes = sum(len(v) for v in by_listener.values())
-        for metric in EPISODE_METRICS:
-            groups = [np.array([getattr(r, metric) for r in by_listener[name]]) for name in listeners]
-            mean, low, high = hierarchical_bootstrap_ci(groups, n_resamples=n_resamples, seed=seed)
+        groups = [np.array([[getattr(r, m) for m in EPISODE_METRICS] for r in by_listener[name]])
+                  for name in listeners]  # [episodes, metrics] per listener: one draw serves every metric
+        cis = hierarchical_bootstrap_cis(groups, n_resamples=n_resamples, seed=seed)
+        for metric, (mean, low, high) in zip(EPISODE_METRICS, cis):
             out.append(SummaryRecord(scenario, shots, metric, mean, low, high, len(listeners), n_episodes))
         pooled = [np.array([pooled_f1(by_listener[name])]) for name in listeners]
         mean, low, high = hierarchical_bootstrap_ci(pooled, n_resamples=n_resamples, seed=seed)

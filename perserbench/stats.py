@@ -25,27 +25,37 @@ def hierarchical_bootstrap(
 
     Two-level resampling: draw listeners with replacement, then, within each drawn listener,
     draw that listener's episode scores with replacement. ``per_listener[i]`` holds listener
-    ``i``'s episode scores (any length >= 1). Returns ``n_resamples`` resampled means.
-    Deterministic for a given ``seed``.
+    ``i``'s episode scores (any length >= 1): ``[size]``, or ``[size, M]`` for M scores per
+    episode (several metrics) resampled together. Returns ``n_resamples`` resampled means
+    (``[n_resamples, M]`` for M columns). Deterministic for a given ``seed``; each column's
+    distribution is exactly what a call with that column alone gives (the same listeners and
+    episodes are drawn), so a caller with several metrics draws the indices once.
     """
     groups = [np.asarray(g, dtype=float) for g in per_listener]
-    if not groups or any(g.size == 0 for g in groups):
+    if not groups or any(g.shape[0] == 0 for g in groups):
         raise ValueError("hierarchical_bootstrap needs at least one listener, each with >= 1 score")
+    columns = [g.reshape(g.shape[0], -1) for g in groups]
+    if len({c.shape[1] for c in columns}) != 1:
+        raise ValueError("hierarchical_bootstrap: every listener needs the same number of score columns")
     rng = np.random.default_rng(seed)
     n = len(groups)
-    sizes = np.array([g.size for g in groups])
+    sizes = np.array([c.shape[0] for c in columns])
     width = int(sizes.max())
-    # Pad to a rectangle so the episode level is one vectorised draw per listener slot.
-    table = np.zeros((n, width))
-    for i, g in enumerate(groups):
-        table[i, : g.size] = g
+    # Pad to a rectangle per column so the episode level is one vectorised draw per listener slot.
+    table = np.zeros((columns[0].shape[1], n, width))
+    for i, c in enumerate(columns):
+        table[:, i, : c.shape[0]] = c.T
     picks = rng.integers(0, n, size=(n_resamples, n))  # listener level
     slot_sizes = sizes[picks]  # [B, n]
     episode_idx = (rng.random((n_resamples, n, width)) * slot_sizes[..., None]).astype(np.int64)
-    valid = np.arange(width)[None, None, :] < slot_sizes[..., None]
-    values = table[picks[..., None], episode_idx]  # [B, n, width]
-    listener_means = np.where(valid, values, 0.0).sum(-1) / slot_sizes
-    return listener_means.mean(axis=1)
+    valid = np.arange(width)[None, None, :] < slot_sizes[..., None] if sizes.min() < width else None
+    out = np.empty((n_resamples, len(table)))
+    for m, scores in enumerate(table):
+        values = scores[picks[..., None], episode_idx]  # [B, n, width]
+        if valid is not None:  # padded slots of shorter listeners count for nothing
+            values = np.where(valid, values, 0.0)
+        out[:, m] = (values.sum(-1) / slot_sizes).mean(axis=1)
+    return out[:, 0] if groups[0].ndim == 1 else out
 
 
 def hierarchical_bootstrap_ci(
@@ -55,14 +65,32 @@ def hierarchical_bootstrap_ci(
     seed: int = 0,
 ) -> tuple[float, float, float]:
     """(mean of listener means, CI low, CI high) with a percentile hierarchical-bootstrap CI."""
-    means = np.array([np.mean(g) for g in per_listener], dtype=float)
-    point = float(means.mean())
-    if len(means) == 1 and np.asarray(per_listener[0]).size == 1:
-        return point, point, point
-    dist = hierarchical_bootstrap(per_listener, n_resamples=n_resamples, seed=seed)
+    return hierarchical_bootstrap_cis([np.asarray(g, dtype=float)[:, None] for g in per_listener],
+                                      confidence, n_resamples, seed)[0]
+
+
+def hierarchical_bootstrap_cis(
+    per_listener: Sequence[np.ndarray],
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> list[tuple[float, float, float]]:
+    """:func:`hierarchical_bootstrap_ci` of each column of ``per_listener[i]`` (``[size, M]``),
+    from one draw of listeners and episodes (what M calls with one seed would each draw)."""
+    groups = [np.asarray(g, dtype=float) for g in per_listener]
+    width = groups[0].shape[1] if groups else 0
+    # Column by column on contiguous copies: numpy sums a contiguous row in another order than
+    # a strided column, and a CI must not depend on how many metrics were asked for at once.
+    points = [float(np.array([np.mean(np.ascontiguousarray(g[:, m])) for g in groups]).mean()) for m in range(width)]
+    if len(groups) == 1 and groups[0].shape[0] == 1:
+        return [(p, p, p) for p in points]
+    dist = hierarchical_bootstrap(groups, n_resamples=n_resamples, seed=seed)
     alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(dist, [alpha, 1.0 - alpha])
-    return point, float(low), float(high)
+    out = []
+    for m, point in enumerate(points):
+        low, high = np.quantile(np.ascontiguousarray(dist[:, m]), [alpha, 1.0 - alpha])
+        out.append((point, float(low), float(high)))
+    return out
 
 
 # --------------------------------------------------------------------------- two methods, paired

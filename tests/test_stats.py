@@ -274,3 +274,14 @@ def test_equivalence_test_matches_its_confidence_interval_and_detects_harm():
     t_high = (d.mean() - 0.01) / (d.std(ddof=1) / np.sqrt(5))
     expected = max(sps.t.sf(t_low, 4), sps.t.cdf(t_high, 4))
     assert equivalence_test(d, 0.01).p_value == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_several_metrics_from_one_draw_equal_one_call_per_metric(ragged):
+    """summarize draws listeners and episodes once for every episode metric: each column's CI
+    must be exactly the one a call with that metric alone gives (same seed, same draws)."""
+    rng = np.random.default_rng(7)
+    groups = [rng.random((int(rng.integers(1, 12)) if ragged else 10, 3)) for _ in range(17)]
+    together = stats.hierarchical_bootstrap_cis(groups, seed=3)
+    alone = [stats.hierarchical_bootstrap_ci([g[:, m] for g in groups], seed=3) for m in range(3)]
+    assert together == alone and len({c[1] for c in together}) == 3  # equal, and not one CI three times
