@@ -44,12 +44,19 @@ from perserbench.api import evaluate
 from perserbench.errors import PerserbenchError
 from perserbench.plugins import describe
 from perserbench.runner import planned_filename, write_result
-from perserbench.tasks import ResolvedTask, load_task
+from perserbench.tasks import ResolvedTask, load_task, load_task_spec, task_names
 
 HETEROGENEOUS = ("synthetic", "synthetic-confusion", "synthetic-prior-shift")
 UNIFORM = ("synthetic-uniform", "synthetic-confusion-uniform", "synthetic-prior-shift-uniform")
+
+
+def replicates_of(task: str) -> tuple[str, ...]:
+    """The replicate draws of ``task``: the task specs that say ``replicates = "<task>"``."""
+    return tuple(name for name in task_names() if load_task_spec(name).replicate_of == task)
+
+
 # The default suite (issue 14's time budget) is HETEROGENEOUS + UNIFORM; the board adds these.
-REPLICATES = tuple(f"{task}-draw{seed}" for task in HETEROGENEOUS for seed in (2, 3, 4, 5))
+REPLICATES = tuple(name for task in HETEROGENEOUS for name in replicates_of(task))
 BOARD_TASKS = HETEROGENEOUS + UNIFORM + REPLICATES
 COMPETITORS = ("consensus", "calibrate", "finetune", "maml", "meta-perser", "protonet")
 NON_ADAPTIVE = ("consensus",)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from board_suite import HETEROGENEOUS, REPLICATES, UNIFORM
+from board_suite import HETEROGENEOUS, UNIFORM, replicates_of
 from rich.console import Console
 from rich.table import Table
 
@@ -74,7 +74,7 @@ def listener_gains(results: Path, task: str) -> pd.DataFrame:
 
 def draw_gains(results: Path, task: str) -> pd.DataFrame:
     """:func:`listener_gains` of ``task`` and of its replicate draws, each row naming its draw."""
-    draws = [task, *(r for r in REPLICATES if r.startswith(f"{task}-draw"))]
+    draws = [task, *replicates_of(task)]
     return pd.concat([listener_gains(results, draw).assign(draw=draw) for draw in draws])
 
 

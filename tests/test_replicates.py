@@ -202,3 +202,17 @@ def test_replicates_without_their_task_on_the_board_are_shown_as_tasks(tmp_path,
     assert load_board(board_dir, resolver).pooled == {}
     readme = build(board_dir, resolver)["README.md"]
     assert "## toyp-draw2" in readme and "## toyp-draw3" in readme and "corpus draws pooled" not in readme
+
+
+def test_the_replicated_task_is_found_like_any_task_name(tmp_path, monkeypatch):
+    """Its folder passed both ways is one folder, not a clash; two files of that name are."""
+    _write(tmp_path, "toyp", PARENT)
+    draw = _write(tmp_path, "toyp-draw2", replicate(2))
+    monkeypatch.setenv("PERSERBENCH_TASKS", str(tmp_path))
+    assert load_task_spec(draw).replicate_of == "toyp"
+    (tmp_path / "other").mkdir()
+    clash = _write(tmp_path / "other", "toyp", PARENT)
+    monkeypatch.setenv("PERSERBENCH_TASKS", str(tmp_path / "other"))
+    with pytest.raises(PerserbenchError, match="task name 'toyp' is defined twice") as err:
+        load_task_spec(draw)
+    assert str(clash.resolve()) in str(err.value)

@@ -56,10 +56,11 @@ def pool_draws(tasks: dict[str, TaskBoard], loaded: list[tuple[str, RunResult]])
             draws[task.replicate_of].append(name)
     if not draws:
         return {}
+    pooled_tasks = set(draws) | {name for names in draws.values() for name in names}
     sources: dict[tuple[str, Role, str, CellKey], CellSource] = {}  # (task, role, method, cell)
     for path, result in loaded:
         role = role_of(result, path)
-        if role not in POOLED_ROLES:
+        if role not in POOLED_ROLES or result.task_name not in pooled_tasks:
             continue
         by_cell: dict[CellKey, list[EpisodeRecord]] = defaultdict(list)
         for rec in result.episodes:

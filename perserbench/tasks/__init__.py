@@ -318,10 +318,13 @@ def load_task_spec(name_or_path: str | Path, extra_dirs: Sequence[str | Path] = 
         path = _unique(name, files)
     spec = _read_spec(path)
     if spec.replicate_of:
-        files = _task_files(spec.replicate_of, [*user_task_dirs(extra_dirs), tasks_dir(), path.parent])
+        # Searched like any task name, and beside the replicate's own file (a task folder passed
+        # by path); a folder listed twice is searched once, so only a real clash is refused.
+        dirs = dict.fromkeys(d.resolve() for d in (*user_task_dirs(extra_dirs), tasks_dir(), path.parent))
+        files = _task_files(spec.replicate_of, list(dirs))
         if not files:
             raise PerserbenchError(f"{path}: 'replicates' names {spec.replicate_of!r}, which is not a known task")
-        check_replicate(spec, _read_spec(files[0]))
+        check_replicate(spec, _read_spec(_unique(spec.replicate_of, files)))
     return spec
 
 
