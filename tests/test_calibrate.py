@@ -20,6 +20,7 @@ from scipy.optimize import minimize
 from perserbench.data import Annotations, Corpus, Utterance, register_corpus
 from perserbench.episodes import LabelledItems, MetaTrainSet, episode_items, sample_episodes
 from perserbench.errors import PerserbenchError
+from perserbench.metalearn import pad_supports
 from perserbench.methods.calibrate import fit_prior, log_evidence, logit_features, map_fit
 from perserbench.registry import create_method
 from perserbench.runner import run
@@ -197,6 +198,24 @@ def test_batched_adaptation_equals_one_listener_at_a_time(fitted):
     for predictor, (support, query, _) in zip(batched, items, strict=True):
         alone = model.adapt(support).predict_proba(query)
         assert torch.allclose(predictor.predict_proba(query), alone, atol=1e-6)
+
+
+def test_component_fits_are_what_the_predictor_mixes_and_the_evidence_prefers_real_labels(fitted):
+    """The per-component fits and evidences ``component_fits`` reports (the support's marginal
+    likelihood in benchmarks/annotator_model.py) are the ones the predictor mixes, and the
+    support's own labels are likelier than the same labels with classes swapped."""
+    task, fold, model = fitted
+    supports = [episode_items(task, ep)[0] for ep in sample_episodes(task, fold, "seen", 5)]
+    with torch.no_grad():
+        z, ys, ms = pad_supports([LabelledItems(model.head_(s.x).double(), s.y) for s in supports])
+    theta, hessian, joint = model.component_fits(z, ys, ms)
+    predictors = model.adapt_logits(z, ys, ms)
+    components = 1 if model.config.population_weight == 1 else 1 + len(model.listeners_)
+    assert joint.shape == (len(supports), components) and theta.shape[:2] == hessian.shape[:2] == joint.shape
+    for i, predictor in enumerate(predictors):
+        assert torch.allclose(predictor.theta, theta[i]) and torch.allclose(predictor.weights, torch.softmax(joint[i], 0))
+    swapped = model.component_fits(z, ys[..., [2, 0, 1]], ms)[2]
+    assert (torch.logsumexp(joint, 1) > torch.logsumexp(swapped, 1)).float().mean() > 0.8
 
 
 def test_adaptation_follows_the_support(fitted):

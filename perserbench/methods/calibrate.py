@@ -412,19 +412,32 @@ class Calibrate(Method):
             cov, ones = torch.linalg.inv(hessian), torch.ones(1, dtype=torch.float64)
             return [CalibratedPredictor(self.head_, theta[i:i + 1], cov[i:i + 1], ones, self.shift_, c.mixing, c.margins)
                     for i in range(len(z))]
-        # One MAP fit per (listener, component): row i·J + j is listener i under component j,
-        # component 0 the population Gaussian, component j ≥ 1 meta-train listener j − 1.
-        means = torch.cat([self.prior_mean_.unsqueeze(0), self.listeners_])
+        theta, hessian, joint = self.component_fits(z, ys, ms)
+        weights = torch.softmax(joint, dim=1)
+        cov = torch.linalg.inv(hessian)
+        return [CalibratedPredictor(self.head_, theta[i], cov[i], weights[i], self.shift_, c.mixing, c.margins)
+                for i in range(len(z))]
+
+    def component_fits(self, z: torch.Tensor, ys: torch.Tensor,
+                       ms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One MAP fit per (support, prior component) for supports as :meth:`adapt_logits` takes
+        them: the transforms [N, J, C, d], their Hessians [N, J, C, d, d] and log(component
+        weight × Laplace evidence) [N, J], whose log-sum-exp over J is the support's log marginal
+        likelihood under the prior (what ``benchmarks/annotator_model.py`` compares with another
+        listener model's). Component 0 is the population Gaussian, component j ≥ 1 meta-train
+        listener j − 1 (none with the Gaussian prior alone, ``population_weight = 1``)."""
+        c = self.config
+        listeners = self.listeners_[:0] if c.population_weight == 1 else self.listeners_
+        means = torch.cat([self.prior_mean_.unsqueeze(0), listeners])
         base = c.prior_scale / self.prior_var_
-        precisions = torch.stack([base] + [base / c.bandwidth ** 2] * len(self.listeners_))
-        log_prior = torch.tensor([c.population_weight] + [(1 - c.population_weight) / len(self.listeners_)]
-                                 * len(self.listeners_), dtype=torch.float64).log()
+        precisions = torch.stack([base] + [base / c.bandwidth ** 2] * len(listeners))
+        log_prior = torch.tensor([c.population_weight] + [(1 - c.population_weight) / max(len(listeners), 1)]
+                                 * len(listeners), dtype=torch.float64).log()
         n, j = len(z), len(means)
+        # Row i·J + j of one batched fit is support i under component j.
         zr, yr, mr = (t.repeat_interleave(j, dim=0) for t in (z, ys, ms))
         mu, precision = means.repeat(n, 1, 1), precisions.repeat(n, 1, 1)
         theta, hessian, value = map_fit(zr, yr, mr, self.loss_weight_, mu, precision, c.mixing, c.newton_steps,
                                         margins=c.margins)
-        weights = torch.softmax(log_evidence(value, hessian, precision).view(n, j) + log_prior, dim=1)
-        theta, cov = theta.view(n, j, *theta.shape[1:]), torch.linalg.inv(hessian).view(n, j, *hessian.shape[1:])
-        return [CalibratedPredictor(self.head_, theta[i], cov[i], weights[i], self.shift_, c.mixing, c.margins)
-                for i in range(n)]
+        joint = log_evidence(value, hessian, precision).view(n, j) + log_prior
+        return theta.view(n, j, *theta.shape[1:]), hessian.view(n, j, *hessian.shape[1:]), joint
