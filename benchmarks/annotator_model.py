@@ -35,7 +35,9 @@ runs unsealed in one process: a diagnostic that chooses nothing and is not a boa
 
 The second line also runs ``calibrate`` and chooses between the two models per episode by the
 support's marginal likelihood under each (:func:`selection_records`); the third pools a board
-task with its replicate draws as the board's pooled section does.
+task with its replicate draws as the board's pooled section does. ``--confusion`` lets
+listeners confuse classes too: each meta-train listener gets a C × C matrix on the evidence
+(a crowd layer, trained with the head) and every population listener takes one of theirs.
 """
 
 from __future__ import annotations
@@ -74,6 +76,16 @@ QUERY = 20
 TICK_INIT = (-1.0, 1.0)  # (α, β) every meta-train listener starts from
 
 
+@dataclass(frozen=True)
+class Settings:
+    """What the diagnostic fits: population listeners of the posterior, training epochs of the
+    evidence head, and whether listeners also confuse classes (``--confusion``)."""
+
+    members: int = MEMBERS
+    epochs: int = EPOCHS
+    confusion: bool = False
+
+
 def annotation_probabilities(scores: torch.Tensor, tick: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(primary π, secondary tick probabilities q), each [..., n, C], from primary scores
     ``e(u) + b`` [..., n, C] and tick curves ``tick`` [..., 2] = (α, β)."""
@@ -92,58 +104,84 @@ def label_set_log_likelihood(pi: torch.Tensor, q: torch.Tensor, y: torch.Tensor)
     return secondary + torch.log((torch.where(y, pi, torch.zeros_like(pi)) / q).sum(-1).clamp(min=1e-300))
 
 
+@dataclass(frozen=True)
+class Population:
+    """Hypothetical listeners [M]: their numbers [M, C + 2] (centred log-prior, then α, β) and,
+    with ``--confusion``, the confusion each applies to the evidence [M, C, C] (else none)."""
+
+    numbers: torch.Tensor
+    confusion: torch.Tensor | None = None
+
+    def scores(self, evidence: torch.Tensor) -> torch.Tensor:
+        """Primary scores [M, n, C] of items with ``evidence`` [n, C]."""
+        c = evidence.shape[1]
+        heard = evidence if self.confusion is None else torch.einsum("nc,mcd->mnd", evidence, self.confusion)
+        return heard + self.numbers[:, None, :c]
+
+
 @dataclass
 class AnnotatorModel:
-    """A fold's fitted model: the evidence head and each meta-train listener's numbers [J, C + 2]
-    (centred log-prior, then α, β)."""
+    """A fold's fitted model: the evidence head, each meta-train listener's numbers [J, C + 2]
+    (centred log-prior, then α, β) and, with ``confusion``, their confusion matrices [J, C, C]."""
 
     head: EmotionHead
     listeners: torch.Tensor
+    confusion: torch.Tensor | None = None
 
-    def population(self, members: int, rng: np.random.Generator) -> torch.Tensor:
-        """``members`` listeners [M, C + 2] from the Gaussian with the meta-train listeners'
-        mean and per-number spread (log-priors re-centred)."""
+    def population(self, members: int, rng: np.random.Generator) -> Population:
+        """``members`` listeners: numbers from the Gaussian with the meta-train listeners' mean
+        and per-number spread (log-priors re-centred); with confusion matrices, each member takes
+        a meta-train listener's at random (schools of confusion are not Gaussian)."""
         mean, std = self.listeners.mean(0), self.listeners.std(0)
         drawn = mean + torch.from_numpy(rng.normal(size=(members, len(mean)))) * std
         c = drawn.shape[1] - 2
         drawn[:, :c] -= drawn[:, :c].mean(1, keepdim=True)
-        return drawn
+        if self.confusion is None:
+            return Population(drawn)
+        return Population(drawn, self.confusion[torch.from_numpy(rng.integers(len(self.confusion), size=members))])
 
 
-def fit_annotator_model(train: MetaTrainSet, seed: int, epochs: int = EPOCHS) -> AnnotatorModel:
-    """The evidence head and every meta-train listener's numbers, by the label-set likelihood of
-    their annotations (Adam; the head as the board's consensus model trains it)."""
+def fit_annotator_model(train: MetaTrainSet, seed: int, epochs: int = EPOCHS,
+                        confusion: bool = False) -> AnnotatorModel:
+    """The evidence head and every meta-train listener's numbers (and with ``confusion`` a C × C
+    matrix each, ``I + W_j`` applied to the evidence: a crowd layer), by the label-set
+    likelihood of their annotations (Adam; the head as the board's consensus model trains it)."""
     torch.manual_seed(seed)
     _, n_layers, dim = train.features.shape
-    c = train.n_classes
+    c, listeners = train.n_classes, len(train.listeners)
     head = EmotionHead(n_layers, dim, c)
     head.set_standardizer(train.features)
-    log_prior = torch.zeros(len(train.listeners), c, requires_grad=True)
-    tick = torch.tensor([TICK_INIT] * len(train.listeners), requires_grad=True)
-    optimizer = torch.optim.Adam([{"params": head.parameters(), "weight_decay": 1e-4},
-                                  {"params": [log_prior, tick], "lr": 3e-2}], lr=1e-3)
+    log_prior = torch.zeros(listeners, c, requires_grad=True)
+    tick = torch.tensor([TICK_INIT] * listeners, requires_grad=True)
+    mixing = torch.zeros(listeners, c, c, requires_grad=confusion)
+    groups = [{"params": head.parameters(), "weight_decay": 1e-4}, {"params": [log_prior, tick], "lr": 3e-2}]
+    optimizer = torch.optim.Adam(groups + ([{"params": [mixing], "lr": 1e-2}] if confusion else []), lr=1e-3)
     x, y = train.x, train.y.bool()
     order = torch.Generator().manual_seed(seed)
     head.train()
     for _ in range(epochs):
         for batch in torch.randperm(len(y), generator=order).split(256):
             j = train.listener[batch]
-            pi, q = annotation_probabilities(head(x[train.utterance[batch]]) + log_prior[j], tick[j])
+            evidence = head(x[train.utterance[batch]])
+            if confusion:
+                evidence = evidence + torch.einsum("nc,ncd->nd", evidence, mixing[j])
+            pi, q = annotation_probabilities(evidence + log_prior[j], tick[j])
             loss = -label_set_log_likelihood(pi, q, y[batch]).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
     head.eval()
     centred = log_prior - log_prior.mean(1, keepdim=True)
-    return AnnotatorModel(head, torch.cat([centred, tick], 1).detach().double())
+    matrices = torch.eye(c, dtype=torch.float64) + mixing.detach().double() if confusion else None
+    return AnnotatorModel(head, torch.cat([centred, tick], 1).detach().double(), matrices)
 
 
-def member_marginals(evidence: torch.Tensor, members: torch.Tensor,
+def member_marginals(evidence: torch.Tensor, population: Population,
                      labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Every member's class marginals [M, n, C] on items of ``evidence`` [n, C], and with
     ``labels`` [n, C] the log-likelihood of those label sets summed over the items [M]."""
     c = evidence.shape[1]
-    pi, q = annotation_probabilities(evidence + members[:, None, :c], members[:, c:])
+    pi, q = annotation_probabilities(population.scores(evidence), population.numbers[:, c:])
     log_likelihood = None if labels is None else label_set_log_likelihood(pi, q, labels.bool()).sum(1)
     return marginal(pi, q), log_likelihood
 
@@ -162,7 +200,7 @@ class FoldModel:
     utterances [M, R, C]."""
 
     evidence: torch.Tensor
-    population: torch.Tensor
+    population: Population
     reference_marginals: torch.Tensor
 
     def predict(self, task: ResolvedTask, episode: Episode) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -181,8 +219,8 @@ class FoldModel:
         return proba, thresholds, evidence, float(1.0 / weight.square().sum())
 
 
-def fold_models(task: ResolvedTask, members: int = MEMBERS,
-                epochs: int = EPOCHS) -> Iterator[tuple[ListenerFold, MetaTrainSet, FoldModel]]:
+def fold_models(task: ResolvedTask,
+                settings: Settings = Settings()) -> Iterator[tuple[ListenerFold, MetaTrainSet, FoldModel]]:
     """Each fold with its meta-train set and fitted :class:`FoldModel` (the fold's board method
     seed for the head, the population draw and the reference utterances)."""
     ann = task.corpus.annotations
@@ -190,23 +228,22 @@ def fold_models(task: ResolvedTask, members: int = MEMBERS,
     for fold in task.folds:
         seed = _derived_seed(0, fold.index)
         train = MetaTrainSet(task, fold)
-        model = fit_annotator_model(train, seed, epochs)
+        model = fit_annotator_model(train, seed, settings.epochs, settings.confusion)
         with torch.no_grad():
             evidence = model.head(features).double()
         rng = np.random.default_rng(seed)
-        population = model.population(members, rng)
+        population = model.population(settings.members, rng)
         reference = rng.choice(np.unique(ann.utterance[meta_train_rows(task, fold)]),
                                REFERENCE_EPISODES * QUERY, replace=False)
         yield fold, train, FoldModel(evidence, population, member_marginals(evidence[reference], population)[0])
 
 
-def annotator_scores(task: ResolvedTask, members: int = MEMBERS,
-                     epochs: int = EPOCHS) -> dict[tuple[str, int], dict[str, float]]:
+def annotator_scores(task: ResolvedTask, settings: Settings = Settings()) -> dict[tuple[str, int], dict[str, float]]:
     """Per (scenario, K): the annotator model's mean macro-F1 over the task's episodes, the
     posterior's median effective sample size and the number of episodes."""
     labels = task.corpus.annotations.labels
     out: dict[tuple[str, int], dict[str, list[float]]] = {}
-    for fold, _, model in fold_models(task, members, epochs):
+    for fold, _, model in fold_models(task, settings):
         for scenario in task.spec.episodes.scenarios:
             for k in task.spec.episodes.shots:
                 cell = out.setdefault((scenario, k), {"macro_f1": [], "ess": []})
@@ -218,8 +255,7 @@ def annotator_scores(task: ResolvedTask, members: int = MEMBERS,
                   "episodes": float(len(v["macro_f1"]))} for key, v in out.items()}
 
 
-def selection_records(task: ResolvedTask, members: int = MEMBERS,
-                      epochs: int = EPOCHS) -> dict[tuple[str, int], np.ndarray]:
+def selection_records(task: ResolvedTask, settings: Settings = Settings()) -> dict[tuple[str, int], np.ndarray]:
     """Per (scenario, K), one row per episode: macro-F1 of ``calibrate`` (as it runs, the board's
     seed) and of the annotator model, and the support's log marginal likelihood under each:
     ``calibrate``'s (its mixture prior's Laplace evidence, :meth:`Calibrate.component_fits`),
@@ -227,7 +263,7 @@ def selection_records(task: ResolvedTask, members: int = MEMBERS,
     also give the empty set mass, which no annotator does; evaluated at each component's MAP),
     and the annotator model's. Columns as :data:`SELECTION_COLUMNS`."""
     out: dict[tuple[str, int], list[list[float]]] = {}
-    for fold, train, model in fold_models(task, members, epochs):
+    for fold, train, model in fold_models(task, settings):
         calibrate = create_method("calibrate", seed=_derived_seed(0, fold.index))
         assert isinstance(calibrate, Calibrate)
         torch.manual_seed(_derived_seed(0, fold.index))
@@ -278,14 +314,13 @@ def print_selection(records: dict[tuple[str, int], np.ndarray]) -> None:
     print("mean     " + " ".join(f"{v:.3f}" for v in np.mean(means, axis=0)))
 
 
-def cell_table(task: ResolvedTask, members: int = MEMBERS,
-               epochs: int = EPOCHS) -> dict[tuple[str, int], dict[str, float]]:
+def cell_table(task: ResolvedTask, settings: Settings = Settings()) -> dict[tuple[str, int], dict[str, float]]:
     """Per (scenario, K): the annotator model's scores (:func:`annotator_scores`) beside the
     committed board's means of :data:`~bayes_ceiling.BOARD_ROWS` on the same split, where the
     board has them."""
     board = board_means(task)
     return {cell: {**row, **{name: board[name][cell] for name in BOARD_ROWS if name in board}}
-            for cell, row in annotator_scores(task, members, epochs).items()}
+            for cell, row in annotator_scores(task, settings).items()}
 
 
 def pool(tables: list[dict[tuple[str, int], dict[str, float]]]) -> dict[tuple[str, int], dict[str, float]]:
@@ -323,19 +358,24 @@ def main() -> None:
     parser.add_argument("task", nargs="+", help="one task, or several draws to pool (a task and its replicates)")
     parser.add_argument("--members", type=int, default=MEMBERS)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--confusion", action="store_true",
+                        help="listeners also confuse classes: a crowd layer (C x C matrix) per meta-train listener, "
+                             "each population listener taking one of theirs")
     parser.add_argument("--select", action="store_true",
                         help="instead, choose per listener between calibrate and this model by marginal likelihood")
     args = parser.parse_args()
+    settings = Settings(args.members, args.epochs, args.confusion)
     tables = []
     for name in args.task:
         task = load_task(name)
         if args.select:
             print(f"{task.spec.name}: calibrate, the annotator model and a choice between them per episode")
-            print_selection(selection_records(task, args.members, args.epochs))
+            print_selection(selection_records(task, settings))
             continue
-        tables.append(cell_table(task, args.members, args.epochs))
+        tables.append(cell_table(task, settings))
         print_table(f"{task.spec.name}: mean macro-F1 per cell, {len(task.folds)} folds, method seed 0 "
-                    f"({args.members} population listeners, {args.epochs} epochs)", tables[-1])
+                    f"({settings.members} population listeners, {settings.epochs} epochs"
+                    f"{', confusion' if settings.confusion else ''})", tables[-1])
     if len(tables) > 1:
         print_table(f"pooled over {len(tables)} draws (every episode weighs the same)", pool(tables))
 

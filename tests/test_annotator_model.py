@@ -17,9 +17,12 @@ from perserbench.tasks import load_task
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from annotator_model import (
+    Population,
+    Settings,
     annotation_probabilities,
     annotator_scores,
     label_set_log_likelihood,
+    member_marginals,
     pool,
 )
 
@@ -53,8 +56,8 @@ def test_the_annotator_model_is_deterministic_and_learns_from_the_support(tmp_pa
     path.write_text(synthetic_task_toml(options='{ seed = 1, generator = "prior-shift" }', shots=(1, 10),
                                         query=20, episodes=3, episode_seed=11))
     task = load_task(path)
-    first = annotator_scores(task, members=500, epochs=2)
-    assert first == annotator_scores(task, members=500, epochs=2)
+    first = annotator_scores(task, Settings(members=500, epochs=2))
+    assert first == annotator_scores(task, Settings(members=500, epochs=2))
     assert first[("unseen", 10)]["macro_f1"] > first[("unseen", 1)]["macro_f1"]
     assert first[("unseen", 10)]["ess"] < first[("unseen", 1)]["ess"]  # the support narrows the posterior
 
@@ -68,3 +71,18 @@ def test_pooled_draws_weigh_every_episode_alike():
     pooled = pool(tables)[cell]
     assert pooled["macro_f1"] == pytest.approx(0.55) and pooled["consensus"] == pytest.approx(0.45)
     assert pooled["episodes"] == 40 and "oracle" not in pooled
+
+
+def test_an_identity_confusion_hears_what_no_confusion_hears():
+    """``--confusion`` only adds each listener's matrix: with identity matrices the members'
+    marginals and support likelihoods are those of the plain model, and a swap moves them."""
+    rng = torch.Generator().manual_seed(1)
+    evidence = torch.randn(7, 6, generator=rng, dtype=torch.float64)
+    numbers = torch.randn(5, 8, generator=rng, dtype=torch.float64)
+    labels = torch.rand(7, 6, generator=rng) < 0.3
+    labels[:, 0] = True
+    plain = member_marginals(evidence, Population(numbers), labels)
+    identity = member_marginals(evidence, Population(numbers, torch.eye(6, dtype=torch.float64).repeat(5, 1, 1)), labels)
+    assert all(torch.allclose(a, b) for a, b in zip(plain, identity, strict=True))
+    swap = torch.eye(6, dtype=torch.float64)[[1, 0, 2, 3, 4, 5]].repeat(5, 1, 1)
+    assert not torch.allclose(plain[0], member_marginals(evidence, Population(numbers, swap))[0])
