@@ -355,7 +355,7 @@ def print_table(title: str, table: dict[tuple[str, int], dict[str, float]]) -> N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("task", nargs="+", help="one task, or several draws to pool (a task and its replicates)")
+    parser.add_argument("task", nargs="+", help="tasks; a task and its replicate draws are also pooled")
     parser.add_argument("--members", type=int, default=MEMBERS)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--confusion", action="store_true",
@@ -365,9 +365,10 @@ def main() -> None:
                         help="instead, choose per listener between calibrate and this model by marginal likelihood")
     args = parser.parse_args()
     settings = Settings(args.members, args.epochs, args.confusion)
-    tables = []
+    tables, families = [], set()
     for name in args.task:
         task = load_task(name)
+        families.add(task.spec.replicate_of or task.spec.name)
         if args.select:
             print(f"{task.spec.name}: calibrate, the annotator model and a choice between them per episode")
             print_selection(selection_records(task, settings))
@@ -376,7 +377,7 @@ def main() -> None:
         print_table(f"{task.spec.name}: mean macro-F1 per cell, {len(task.folds)} folds, method seed 0 "
                     f"({settings.members} population listeners, {settings.epochs} epochs"
                     f"{', confusion' if settings.confusion else ''})", tables[-1])
-    if len(tables) > 1:
+    if len(tables) > 1 and len(families) == 1:  # a task and its replicate draws, nothing else
         print_table(f"pooled over {len(tables)} draws (every episode weighs the same)", pool(tables))
 
 
