@@ -196,8 +196,7 @@ def reference_thresholds(predictive: torch.Tensor) -> np.ndarray:
 @dataclass
 class FoldModel:
     """One fold's fitted annotator model as the episodes use it: the evidence of every utterance
-    [U, C], the population listeners [M, C + 2] and their marginals on the reference
-    utterances [M, R, C]."""
+    [U, C], the population listeners and their marginals on the reference utterances [M, R, C]."""
 
     evidence: torch.Tensor
     population: Population
