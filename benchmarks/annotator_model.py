@@ -87,11 +87,13 @@ class Settings:
 
 
 def annotation_probabilities(scores: torch.Tensor, tick: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(primary π, secondary tick probabilities q), each [..., n, C], from primary scores
-    ``e(u) + b`` [..., n, C] and tick curves ``tick`` [..., 2] = (α, β)."""
+    """(primary π, secondary tick probabilities q), each shaped as ``scores``, from primary
+    scores ``e(u) + b`` [..., C] and tick curves ``tick`` = (α, β) [..., 2] whose leading
+    dimensions broadcast against the scores' (one per item, or [M, 1, 2] for M listeners
+    over n items)."""
     log_pi = torch.log_softmax(scores, -1)
     relative = log_pi - log_pi.max(-1, keepdim=True).values
-    q = torch.sigmoid(tick[..., 0, None, None] + tick[..., 1, None, None] * relative)
+    q = torch.sigmoid(tick[..., :1] + tick[..., 1:] * relative)
     return log_pi.exp(), q.clamp(1e-9, 1 - 1e-9)
 
 
@@ -181,7 +183,7 @@ def member_marginals(evidence: torch.Tensor, population: Population,
     """Every member's class marginals [M, n, C] on items of ``evidence`` [n, C], and with
     ``labels`` [n, C] the log-likelihood of those label sets summed over the items [M]."""
     c = evidence.shape[1]
-    pi, q = annotation_probabilities(population.scores(evidence), population.numbers[:, c:])
+    pi, q = annotation_probabilities(population.scores(evidence), population.numbers[:, None, c:])
     log_likelihood = None if labels is None else label_set_log_likelihood(pi, q, labels.bool()).sum(1)
     return marginal(pi, q), log_likelihood
 
@@ -274,8 +276,8 @@ def selection_records(task: ResolvedTask, settings: Settings = Settings()) -> di
                 with torch.no_grad():
                     z, ys, ms = pad_supports([LabelledItems(calibrate.head_(support.x).double(), support.y)
                                               for support, _, _ in items])
-                predictors = calibrate.adapt_logits(z, ys, ms)
-                theta, _, joint = calibrate.component_fits(z, ys, ms)
+                theta, hessian, joint = calibrate.component_fits(z, ys, ms)  # what adapt_logits fits
+                predictors = calibrate.mixture_predictors(theta, hessian, joint)
                 config = calibrate.config
                 scores = z.unsqueeze(1) + torch.einsum("nkcd,njcd->njkc", logit_features(z, config.mixing, config.margins),
                                                        theta)

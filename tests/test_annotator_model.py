@@ -49,6 +49,24 @@ def test_the_label_set_likelihood_is_the_generators_and_sums_to_one():
     assert torch.allclose(total, torch.ones(3, dtype=torch.float64))
 
 
+def test_each_item_ticks_with_its_own_listeners_curve():
+    """In training every annotation carries its own listener's tick curve (one row each); for a
+    population, each member's curve covers all items. Either way q is shaped like the scores and
+    row a uses curve a (a curve broadcast across other rows would train every listener on the
+    whole batch's labels)."""
+    rng = torch.Generator().manual_seed(2)
+    scores = torch.randn(4, 6, generator=rng, dtype=torch.float64)
+    ticks = torch.tensor([[-2.0, 0.5], [0.0, 1.0], [1.0, 2.0], [-1.0, 3.0]], dtype=torch.float64)
+    _, q = annotation_probabilities(scores, ticks)
+    assert q.shape == scores.shape
+    for a in range(4):
+        assert torch.allclose(q[a], annotation_probabilities(scores[a], ticks[a])[1])
+    members = torch.cat([torch.zeros(3, 6, dtype=torch.float64), ticks[:3]], 1)
+    marginals, _ = member_marginals(scores, Population(members))
+    assert marginals.shape == (3, 4, 6)
+    assert torch.allclose(marginals[1, 2], member_marginals(scores[2:3], Population(members[1:2]))[0][0, 0])
+
+
 def test_the_annotator_model_is_deterministic_and_learns_from_the_support(tmp_path):
     """Same seeds, same scores; on a cut-down prior-shift task (listeners differ in base rates and
     thresholds, this model's own shape) ten labels beat one."""

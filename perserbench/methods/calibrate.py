@@ -412,11 +412,17 @@ class Calibrate(Method):
             cov, ones = torch.linalg.inv(hessian), torch.ones(1, dtype=torch.float64)
             return [CalibratedPredictor(self.head_, theta[i:i + 1], cov[i:i + 1], ones, self.shift_, c.mixing, c.margins)
                     for i in range(len(z))]
-        theta, hessian, joint = self.component_fits(z, ys, ms)
+        return self.mixture_predictors(*self.component_fits(z, ys, ms))
+
+    def mixture_predictors(self, theta: torch.Tensor, hessian: torch.Tensor,
+                           joint: torch.Tensor) -> list[CalibratedPredictor]:
+        """One predictor per support from :meth:`component_fits`' output: the components'
+        Laplace posteriors mixed by their posterior weights."""
+        c = self.config
         weights = torch.softmax(joint, dim=1)
         cov = torch.linalg.inv(hessian)
         return [CalibratedPredictor(self.head_, theta[i], cov[i], weights[i], self.shift_, c.mixing, c.margins)
-                for i in range(len(z))]
+                for i in range(len(theta))]
 
     def component_fits(self, z: torch.Tensor, ys: torch.Tensor,
                        ms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
