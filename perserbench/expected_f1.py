@@ -35,76 +35,84 @@ EXHAUSTIVE_CLASSES = 12  # 2^12 decisions compared at most
 
 
 def poisson_binomial_prefixes(p: np.ndarray) -> np.ndarray:
-    """``out[k, a]`` = P(a positives among the first k items), k = 0..n, for independent
-    Bernoulli probabilities ``p`` [n]."""
-    n = len(p)
-    out = np.zeros((n + 1, n + 1))
-    out[0, 0] = 1.0
-    for k, pk in enumerate(p, start=1):
-        out[k] = out[k - 1] * (1.0 - pk)
-        out[k, 1:] += out[k - 1, :-1] * pk
+    """``out[..., k, a]`` = P(a positives among the first k items), k = 0..n, for independent
+    Bernoulli probabilities ``p`` [..., n] (any leading dimensions: each row is its own problem,
+    computed elementwise, so a row's result does not depend on the others)."""
+    p = np.asarray(p, dtype=float)
+    n = p.shape[-1]
+    out = np.zeros((*p.shape[:-1], n + 1, n + 1))
+    out[..., 0, 0] = 1.0
+    for k in range(1, n + 1):
+        pk = p[..., k - 1, None]
+        out[..., k, :] = out[..., k - 1, :] * (1.0 - pk)
+        out[..., k, 1:] += out[..., k - 1, :-1] * pk
     return out
 
 
 def expected_f1_top_k(p_sorted: np.ndarray) -> np.ndarray:
     """Exact E[F1] of predicting the k most probable items, k = 0..n, for independent item
-    probabilities sorted in descending order. Entry 0 is E[F1 · 1{defined}] = 0: predicting
-    nothing never scores; its dropped case is valued by :func:`expected_macro_f1`."""
+    probabilities sorted in descending order ([..., n] → [..., n + 1]). Entry 0 is
+    E[F1 · 1{defined}] = 0: predicting nothing never scores; its dropped case is valued by
+    :func:`expected_macro_f1`."""
     p = np.asarray(p_sorted, dtype=float)
-    n = len(p)
-    inside = poisson_binomial_prefixes(p)  # [k, a]: positives among the top k
-    outside = poisson_binomial_prefixes(p[::-1])[::-1]  # [k, b]: positives among items k..n-1
+    n = p.shape[-1]
+    inside = poisson_binomial_prefixes(p)  # [..., k, a]: positives among the top k
+    outside = poisson_binomial_prefixes(p[..., ::-1])[..., ::-1, :]  # [..., k, b]: positives among items k..n-1
     k = np.arange(n + 1)[:, None, None]
     a = np.arange(n + 1)[None, :, None]
     b = np.arange(n + 1)[None, None, :]
     denominator = k + a + b
     f1 = np.divide(2.0 * a, denominator, out=np.zeros(denominator.shape), where=denominator > 0)
-    return np.einsum("ka,kb,kab->k", inside, outside, f1)
+    return np.einsum("...ka,...kb,kab->...k", inside, outside, f1)
 
 
-def _class_options(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """For one class: candidate set sizes k ≥ 1 that a threshold can select (no tie across
-    the cut), their expected F1, the threshold selecting each, and P(no positive)."""
-    order = np.sort(p)[::-1]
-    values = expected_f1_top_k(order)
-    sizes = np.arange(1, len(order) + 1)
-    separable = np.append(order[:-1] > order[1:], True)
-    sizes = sizes[separable]
-    below = np.append(order, -np.inf)[sizes]  # the largest probability left out
-    thresholds = np.where(np.isfinite(below), (order[sizes - 1] + below) / 2.0, 0.0)
-    return sizes, values[sizes], thresholds, float(np.prod(1.0 - order))
+def _class_options(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every class (the last axis of ``p`` [..., Q, C]), over set sizes k = 1..Q: the
+    expected F1 of its top-k set [..., C, Q], -inf where a threshold cannot select exactly k
+    items (a tie across the cut); the threshold selecting each [..., C, Q]; and P(no positive)
+    [..., C]."""
+    order = np.ascontiguousarray(-np.sort(-np.swapaxes(p, -1, -2), axis=-1))  # [..., C, Q], descending
+    values = expected_f1_top_k(order)[..., 1:]
+    separable = np.concatenate([order[..., :-1] > order[..., 1:], np.ones_like(order[..., :1], dtype=bool)], -1)
+    below = np.concatenate([order[..., 1:], np.full_like(order[..., :1], -np.inf)], -1)  # the largest left out
+    thresholds = np.where(np.isfinite(below), (order + below) / 2.0, 0.0)
+    return np.where(separable, values, -np.inf), thresholds, np.prod(1.0 - order, axis=-1)
 
 
 def expected_macro_f1(silent: np.ndarray, gains: np.ndarray, p_none: np.ndarray) -> np.ndarray:
-    """Expected macro-F1 [S] of decisions ``silent`` [S, C] (True = predict nothing for that
-    class), given each class's expected F1 when predicted, ``gains`` [C], and its probability
-    of having no positive, ``p_none`` [C]; classes independent. A class predicted is always
-    defined; a silent class is defined (scoring 0) with probability ``1 - p_none``; an
-    episode with no class defined scores 1 (the metric's convention)."""
+    """Expected macro-F1 [..., S] of decisions ``silent`` [S, C] (True = predict nothing for that
+    class), given each class's expected F1 when predicted, ``gains`` [..., C], and its
+    probability of having no positive, ``p_none`` [..., C]; classes independent. A class
+    predicted is always defined; a silent class is defined (scoring 0) with probability
+    ``1 - p_none``; an episode with no class defined scores 1 (the metric's convention)."""
     silent = np.atleast_2d(np.asarray(silent, dtype=bool))
-    defined = np.where(silent, 1.0 - p_none, 1.0)  # [S, C]
-    n_sets, n_classes = silent.shape
-    out = np.where(silent.all(axis=1), np.prod(p_none), 0.0)
+    p_none = np.asarray(p_none, dtype=float)
+    defined = np.where(silent, 1.0 - p_none[..., None, :], 1.0)  # [..., S, C]
+    n_classes = silent.shape[1]
+    out = np.where(silent.all(axis=1), np.prod(p_none, axis=-1)[..., None], 0.0)
     for c in range(n_classes):
-        count = np.zeros((n_sets, n_classes))  # distribution of the other classes defined
-        count[:, 0] = 1.0
+        count = np.zeros(defined.shape)  # distribution of the other classes defined
+        count[..., 0] = 1.0
         for j in range(n_classes):
             if j != c:
                 shifted = np.zeros_like(count)
-                shifted[:, 1:] = count[:, :-1]
-                count = count * (1.0 - defined[:, j:j + 1]) + shifted * defined[:, j:j + 1]
+                shifted[..., 1:] = count[..., :-1]
+                count = count * (1.0 - defined[..., j:j + 1]) + shifted * defined[..., j:j + 1]
         inverse = count @ (1.0 / np.arange(1, n_classes + 1))
-        out = out + np.where(silent[:, c], 0.0, gains[c] * inverse)
+        out = out + np.where(silent[:, c], 0.0, gains[..., c, None] * inverse)
     return out
 
 
 def _silent_classes(gains: np.ndarray, p_none: np.ndarray) -> np.ndarray:
-    """The best set of classes to leave unpredicted, [C] bool."""
-    n_classes = len(gains)
+    """The best set of classes to leave unpredicted, [..., C] bool, for each row of ``gains``
+    and ``p_none`` [..., C]."""
+    n_classes = gains.shape[-1]
     if n_classes <= EXHAUSTIVE_CLASSES:
         codes = np.arange(2**n_classes)
         choices = (codes[:, None] >> np.arange(n_classes)[None, :]) & 1 == 1
-        return choices[int(np.argmax(expected_macro_f1(choices, gains, p_none)))]
+        return choices[np.argmax(expected_macro_f1(choices, gains, p_none), axis=-1)]
+    if gains.ndim > 1:
+        return np.stack([_silent_classes(g, none) for g, none in zip(gains, p_none, strict=True)])
     silent = np.zeros(n_classes, dtype=bool)
     while True:
         flips = np.repeat(silent[None], n_classes, axis=0) ^ np.eye(n_classes, dtype=bool)
@@ -116,19 +124,20 @@ def _silent_classes(gains: np.ndarray, p_none: np.ndarray) -> np.ndarray:
 
 def optimal_thresholds(proba: np.ndarray) -> np.ndarray:
     """Per-class thresholds [C] maximising the expected per-episode macro-F1 of query items
-    whose labels are independent with probabilities ``proba`` [Q, C].
+    whose labels are independent with probabilities ``proba`` [Q, C]; for episodes stacked as
+    [..., Q, C], each episode's own thresholds [..., C] (every step is elementwise or per
+    episode, so a stacked episode gets exactly the thresholds it gets alone, in one pass).
 
     Thresholds are chosen on the float32 values the runner scores (``proba >= threshold``),
     so each selects exactly the intended top-k set: midway between the last item in and the
     first item out, 0 when every item is in, one float32 step above the largest probability
     when the class is best left unpredicted."""
     p = np.asarray(np.asarray(proba, dtype=np.float32), dtype=float)
-    if p.ndim != 2 or not len(p):
-        raise ValueError(f"proba must be [Q >= 1, C], got shape {p.shape}")
-    options = [_class_options(p[:, c]) for c in range(p.shape[1])]
-    best = [int(np.argmax(values)) for _, values, _, _ in options]
-    gains = np.array([values[i] for (_, values, _, _), i in zip(options, best)])
-    p_none = np.array([none for *_, none in options])
-    silent = _silent_classes(gains, p_none)
-    above = np.nextafter(p.max(axis=0).astype(np.float32), np.float32(np.inf)).astype(float)
-    return np.array([above[c] if silent[c] else options[c][2][best[c]] for c in range(len(options))])
+    if p.ndim < 2 or not p.shape[-2] or not p.shape[-1]:
+        raise ValueError(f"proba must be [..., Q >= 1, C], got shape {p.shape}")
+    values, thresholds, p_none = _class_options(p)
+    best = np.argmax(values, axis=-1)[..., None]  # the first best size, as among the separable ones
+    gains = np.take_along_axis(values, best, -1)[..., 0]
+    chosen = np.take_along_axis(thresholds, best, -1)[..., 0]
+    above = np.nextafter(p.max(axis=-2).astype(np.float32), np.float32(np.inf)).astype(float)
+    return np.where(_silent_classes(gains, p_none), above, chosen)

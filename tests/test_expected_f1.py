@@ -86,3 +86,14 @@ def test_ties_are_never_split():
 def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="proba must be"):
         optimal_thresholds(np.zeros((0, 3)))
+
+
+def test_stacked_episodes_get_exactly_their_own_thresholds():
+    """Episodes stacked as [E, Q, C] (how the annotator model decides on its reference episodes)
+    get bit for bit the thresholds each gets alone, ties and silent classes included."""
+    rng = np.random.default_rng(5)
+    episodes = np.round(rng.random((12, 10, 4)) ** 2, 2)
+    episodes[3, :, 1] = 0.0  # a class best left unpredicted
+    stacked = optimal_thresholds(episodes)
+    assert stacked.shape == (12, 4)
+    assert np.array_equal(stacked, np.stack([optimal_thresholds(e) for e in episodes]))
