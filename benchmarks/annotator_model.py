@@ -51,7 +51,15 @@ import numpy as np
 import torch
 from bayes_ceiling import BOARD_ROWS, board_means
 
-from perserbench.data.synthetic.perception import marginal
+from perserbench.annotator import (
+    EPOCHS,
+    MEMBERS,
+    REFERENCE_EPISODES,
+    REFERENCE_QUERY,
+    Population,
+    fit_annotator_model,
+    reference_thresholds,
+)
 from perserbench.episodes import (
     Episode,
     LabelledItems,
@@ -60,20 +68,12 @@ from perserbench.episodes import (
     meta_train_rows,
     sample_episodes,
 )
-from perserbench.expected_f1 import optimal_thresholds
-from perserbench.head import EmotionHead
 from perserbench.metalearn import pad_supports
 from perserbench.methods.calibrate import Calibrate, logit_features
 from perserbench.metrics import episode_metrics
 from perserbench.registry import create_method
 from perserbench.runner import _derived_seed
 from perserbench.tasks import ListenerFold, ResolvedTask, load_task
-
-EPOCHS = 8
-MEMBERS = 4000  # population listeners of the importance-sampled posterior
-REFERENCE_EPISODES = 20  # reference query sets of QUERY meta-train utterances for the thresholds
-QUERY = 20
-TICK_INIT = (-1.0, 1.0)  # (α, β) every meta-train listener starts from
 
 
 @dataclass(frozen=True)
@@ -84,115 +84,6 @@ class Settings:
     members: int = MEMBERS
     epochs: int = EPOCHS
     confusion: bool = False
-
-
-def annotation_probabilities(scores: torch.Tensor, tick: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(primary π, secondary tick probabilities q), each shaped as ``scores``, from primary
-    scores ``e(u) + b`` [..., C] and tick curves ``tick`` = (α, β) [..., 2] whose leading
-    dimensions broadcast against the scores' (one per item, or [M, 1, 2] for M listeners
-    over n items)."""
-    log_pi = torch.log_softmax(scores, -1)
-    relative = log_pi - log_pi.max(-1, keepdim=True).values
-    q = torch.sigmoid(tick[..., :1] + tick[..., 1:] * relative)
-    return log_pi.exp(), q.clamp(1e-9, 1 - 1e-9)
-
-
-def label_set_log_likelihood(pi: torch.Tensor, q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """log P(the label set ``y``) [...] for one primary class drawn from ``pi`` and every other
-    class ticked independently with ``q`` (all [..., C]; ``y`` bool): the formula of
-    :meth:`~perserbench.data.synthetic.perception.ListenerModel.every_listener_log_likelihood`,
-    in torch so that the evidence head can be trained through it."""
-    secondary = torch.where(y, q.log(), torch.log1p(-q)).sum(-1)
-    return secondary + torch.log((torch.where(y, pi, torch.zeros_like(pi)) / q).sum(-1).clamp(min=1e-300))
-
-
-@dataclass(frozen=True)
-class Population:
-    """Hypothetical listeners [M]: their numbers [M, C + 2] (centred log-prior, then α, β) and,
-    with ``--confusion``, the confusion each applies to the evidence [M, C, C] (else none)."""
-
-    numbers: torch.Tensor
-    confusion: torch.Tensor | None = None
-
-    def scores(self, evidence: torch.Tensor) -> torch.Tensor:
-        """Primary scores [M, n, C] of items with ``evidence`` [n, C]."""
-        c = evidence.shape[1]
-        heard = evidence if self.confusion is None else torch.einsum("nc,mcd->mnd", evidence, self.confusion)
-        return heard + self.numbers[:, None, :c]
-
-
-@dataclass
-class AnnotatorModel:
-    """A fold's fitted model: the evidence head, each meta-train listener's numbers [J, C + 2]
-    (centred log-prior, then α, β) and, with ``confusion``, their confusion matrices [J, C, C]."""
-
-    head: EmotionHead
-    listeners: torch.Tensor
-    confusion: torch.Tensor | None = None
-
-    def population(self, members: int, rng: np.random.Generator) -> Population:
-        """``members`` listeners: numbers from the Gaussian with the meta-train listeners' mean
-        and per-number spread (log-priors re-centred); with confusion matrices, each member takes
-        a meta-train listener's at random (schools of confusion are not Gaussian)."""
-        mean, std = self.listeners.mean(0), self.listeners.std(0)
-        drawn = mean + torch.from_numpy(rng.normal(size=(members, len(mean)))) * std
-        c = drawn.shape[1] - 2
-        drawn[:, :c] -= drawn[:, :c].mean(1, keepdim=True)
-        if self.confusion is None:
-            return Population(drawn)
-        return Population(drawn, self.confusion[torch.from_numpy(rng.integers(len(self.confusion), size=members))])
-
-
-def fit_annotator_model(train: MetaTrainSet, seed: int, epochs: int = EPOCHS,
-                        confusion: bool = False) -> AnnotatorModel:
-    """The evidence head and every meta-train listener's numbers (and with ``confusion`` a C × C
-    matrix each, ``I + W_j`` applied to the evidence: a crowd layer), by the label-set
-    likelihood of their annotations (Adam; the head as the board's consensus model trains it)."""
-    torch.manual_seed(seed)
-    _, n_layers, dim = train.features.shape
-    c, listeners = train.n_classes, len(train.listeners)
-    head = EmotionHead(n_layers, dim, c)
-    head.set_standardizer(train.features)
-    log_prior = torch.zeros(listeners, c, requires_grad=True)
-    tick = torch.tensor([TICK_INIT] * listeners, requires_grad=True)
-    mixing = torch.zeros(listeners, c, c, requires_grad=confusion)
-    groups = [{"params": head.parameters(), "weight_decay": 1e-4}, {"params": [log_prior, tick], "lr": 3e-2}]
-    optimizer = torch.optim.Adam(groups + ([{"params": [mixing], "lr": 1e-2}] if confusion else []), lr=1e-3)
-    x, y = train.x, train.y.bool()
-    order = torch.Generator().manual_seed(seed)
-    head.train()
-    for _ in range(epochs):
-        for batch in torch.randperm(len(y), generator=order).split(256):
-            j = train.listener[batch]
-            evidence = head(x[train.utterance[batch]])
-            if confusion:
-                evidence = evidence + torch.einsum("nc,ncd->nd", evidence, mixing[j])
-            pi, q = annotation_probabilities(evidence + log_prior[j], tick[j])
-            loss = -label_set_log_likelihood(pi, q, y[batch]).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    head.eval()
-    centred = log_prior - log_prior.mean(1, keepdim=True)
-    matrices = torch.eye(c, dtype=torch.float64) + mixing.detach().double() if confusion else None
-    return AnnotatorModel(head, torch.cat([centred, tick], 1).detach().double(), matrices)
-
-
-def member_marginals(evidence: torch.Tensor, population: Population,
-                     labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Every member's class marginals [M, n, C] on items of ``evidence`` [n, C], and with
-    ``labels`` [n, C] the log-likelihood of those label sets summed over the items [M]."""
-    c = evidence.shape[1]
-    pi, q = annotation_probabilities(population.scores(evidence), population.numbers[:, None, c:])
-    log_likelihood = None if labels is None else label_set_log_likelihood(pi, q, labels.bool()).sum(1)
-    return marginal(pi, q), log_likelihood
-
-
-def reference_thresholds(predictive: torch.Tensor) -> np.ndarray:
-    """Per-class thresholds [C]: the median over reference episodes (consecutive ``QUERY``-item
-    slices of ``predictive`` [R, C]) of each one's expected-F1-optimal thresholds."""
-    episodes = np.split(predictive.float().numpy(), len(predictive) // QUERY)
-    return np.median(np.stack([optimal_thresholds(p) for p in episodes]), axis=0)
 
 
 @dataclass
@@ -210,10 +101,10 @@ class FoldModel:
         log mean_m p(support | m)) and the posterior's effective sample size."""
         ann = task.corpus.annotations
         support = torch.from_numpy(ann.labels[episode.support])
-        _, log_likelihood = member_marginals(self.evidence[ann.utterance[episode.support]], self.population, support)
+        _, log_likelihood = self.population.marginals(self.evidence[ann.utterance[episode.support]], support)
         assert log_likelihood is not None
         weight = torch.softmax(log_likelihood, 0)
-        query, _ = member_marginals(self.evidence[ann.utterance[episode.query]], self.population)
+        query, _ = self.population.marginals(self.evidence[ann.utterance[episode.query]])
         proba = torch.einsum("m,mqc->qc", weight, query).float().numpy()
         thresholds = reference_thresholds(torch.einsum("m,mrc->rc", weight, self.reference_marginals))
         evidence = float(torch.logsumexp(log_likelihood, 0)) - math.log(len(weight))
@@ -235,8 +126,8 @@ def fold_models(task: ResolvedTask,
         rng = np.random.default_rng(seed)
         population = model.population(settings.members, rng)
         reference = rng.choice(np.unique(ann.utterance[meta_train_rows(task, fold)]),
-                               REFERENCE_EPISODES * QUERY, replace=False)
-        yield fold, train, FoldModel(evidence, population, member_marginals(evidence[reference], population)[0])
+                               REFERENCE_EPISODES * REFERENCE_QUERY, replace=False)
+        yield fold, train, FoldModel(evidence, population, population.marginals(evidence[reference])[0])
 
 
 def annotator_scores(task: ResolvedTask, settings: Settings = Settings()) -> dict[tuple[str, int], dict[str, float]]:

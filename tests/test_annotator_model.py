@@ -1,5 +1,5 @@
-"""``benchmarks/annotator_model.py``: the low-dimensional annotator model of docs/generators.md
-(a diagnostic of issue 14, not a board method)."""
+"""The low-dimensional annotator model (``perserbench/annotator.py``, part of ``calibrate``) and
+``benchmarks/annotator_model.py``, which measures it on its own (docs/generators.md)."""
 
 from __future__ import annotations
 
@@ -12,19 +12,12 @@ import pytest
 import torch
 from conftest import synthetic_task_toml
 
+from perserbench.annotator import Population, annotation_probabilities, label_set_log_likelihood
 from perserbench.tasks import load_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from annotator_model import (
-    Population,
-    Settings,
-    annotation_probabilities,
-    annotator_scores,
-    label_set_log_likelihood,
-    member_marginals,
-    pool,
-)
+from annotator_model import Settings, annotator_scores, pool
 
 
 def test_the_label_set_likelihood_is_the_generators_and_sums_to_one():
@@ -62,9 +55,9 @@ def test_each_item_ticks_with_its_own_listeners_curve():
     for a in range(4):
         assert torch.allclose(q[a], annotation_probabilities(scores[a], ticks[a])[1])
     members = torch.cat([torch.zeros(3, 6, dtype=torch.float64), ticks[:3]], 1)
-    marginals, _ = member_marginals(scores, Population(members))
+    marginals, _ = Population(members).marginals(scores)
     assert marginals.shape == (3, 4, 6)
-    assert torch.allclose(marginals[1, 2], member_marginals(scores[2:3], Population(members[1:2]))[0][0, 0])
+    assert torch.allclose(marginals[1, 2], Population(members[1:2]).marginals(scores[2:3])[0][0, 0])
 
 
 def test_the_annotator_model_is_deterministic_and_learns_from_the_support(tmp_path):
@@ -99,8 +92,8 @@ def test_an_identity_confusion_hears_what_no_confusion_hears():
     numbers = torch.randn(5, 8, generator=rng, dtype=torch.float64)
     labels = torch.rand(7, 6, generator=rng) < 0.3
     labels[:, 0] = True
-    plain = member_marginals(evidence, Population(numbers), labels)
-    identity = member_marginals(evidence, Population(numbers, torch.eye(6, dtype=torch.float64).repeat(5, 1, 1)), labels)
+    plain = Population(numbers).marginals(evidence, labels)
+    identity = Population(numbers, torch.eye(6, dtype=torch.float64).repeat(5, 1, 1)).marginals(evidence, labels)
     assert all(torch.allclose(a, b) for a, b in zip(plain, identity, strict=True))
     swap = torch.eye(6, dtype=torch.float64)[[1, 0, 2, 3, 4, 5]].repeat(5, 1, 1)
-    assert not torch.allclose(plain[0], member_marginals(evidence, Population(numbers, swap))[0])
+    assert not torch.allclose(plain[0], Population(numbers, swap).marginals(evidence)[0])

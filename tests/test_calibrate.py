@@ -21,7 +21,13 @@ from perserbench.data import Annotations, Corpus, Utterance, register_corpus
 from perserbench.episodes import LabelledItems, MetaTrainSet, episode_items, sample_episodes
 from perserbench.errors import PerserbenchError
 from perserbench.metalearn import pad_supports
-from perserbench.methods.calibrate import fit_prior, log_evidence, logit_features, map_fit
+from perserbench.methods.calibrate import (
+    PooledPredictor,
+    fit_prior,
+    log_evidence,
+    logit_features,
+    map_fit,
+)
 from perserbench.registry import create_method
 from perserbench.runner import run
 from perserbench.tasks import load_task
@@ -280,3 +286,29 @@ def test_no_harm_when_all_listeners_are_identical(tmp_path, method, config):
         assert ours[cell] >= score - 0.02, (cell, ours, consensus)
     for scenario in ("seen", "unseen"):  # adapting to an identical listener's support costs nothing
         assert ours[(scenario, 5)] >= ours[(scenario, 1)] - 0.02, ours
+
+
+# --------------------------------------------------------------------------- the annotator model in the pool
+
+
+def test_the_pool_is_the_transform_and_the_annotator_model_weighed_in_log_odds(fitted):
+    """A pooled predictor's probabilities are σ((1 − w)·logit p_transform + w·(logit p_annotator
+    − logit t)) of its two parts; weight 0 is the transform's predictor alone."""
+    task, fold, model = fitted
+    support, query, _ = episode_items(task, sample_episodes(task, fold, "seen", 5)[0])
+    pooled = model.adapt(support)
+    assert isinstance(pooled, PooledPredictor) and pooled.weight == model.config.annotator_weight > 0
+    transform = torch.logit(pooled.transform.predict_proba(query).double().clamp(1e-6, 1 - 1e-6))
+    annotator = torch.logit(pooled.annotator.marginals(query.x).clamp(1e-6, 1 - 1e-6)) - torch.logit(
+        torch.from_numpy(pooled.annotator.thresholds).double())
+    w = pooled.weight
+    expected = torch.sigmoid((1 - w) * transform + w * annotator).float()
+    assert torch.allclose(pooled.predict_proba(query), expected, atol=1e-6)
+    assert pooled.annotator.weights.sum().item() == pytest.approx(1.0)
+    assert pooled.annotator.thresholds.shape == (support.y.shape[1],)
+
+    alone = create_method("calibrate", {"population_weight": str(model.config.population_weight), "annotator_weight": "0"},
+                           seed=0)
+    alone.meta_fit(MetaTrainSet(task, fold))
+    assert alone.annotators_ is None
+    assert torch.equal(alone.adapt(support).predict_proba(query), pooled.transform.predict_proba(query))
