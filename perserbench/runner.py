@@ -95,8 +95,24 @@ def _git_revision() -> str | None:
 
 
 def _environment() -> dict[str, str]:
+    """What a result's floats depend on besides the code and the seeds: library versions, and
+    the CPU (its model and the vector instruction set torch dispatches to), because float
+    kernels differ between CPU kinds and can move a probability that sits at a threshold."""
     return {"python": platform.python_version(), "torch": torch.__version__,
-            "platform": platform.platform(), "numpy": np.__version__}
+            "platform": platform.platform(), "numpy": np.__version__, "cpu": cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _derived_seed(*parts: int) -> int:

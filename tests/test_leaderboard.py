@@ -783,6 +783,13 @@ def test_reproduce_refuses_an_edited_result_that_validates(toy_inputs, tmp_path,
     r = records[i]
     assert (f"not reproduced: episode {r.episode} of listener {r.listener!r} (fold {r.fold}, {r.scenario}, "
             f"K={r.shots}, seed {r.seed}): macro_f1 is {r.macro_f1!r} in the file") in lines[0]
+    assert f"(1 of {len(records)} episode records differ)" in lines[0] and "elsewhere" not in lines[0]
+
+    # The same file claiming another CPU: the error says so, as the likelier cause of a few records.
+    assert result.environment["cpu"] and result.environment["cpu_capability"]
+    elsewhere = dataclasses.replace(forged, environment={**forged.environment, "cpu": "Another CPU"})
+    code, _, err = cli("leaderboard", "reproduce", save_result(elsewhere, path), "--tasks", toy_inputs["tasks"])
+    assert code == 2 and f"cpu 'Another CPU' there, {result.environment['cpu']!r} here" in " ".join(err.split())
 
 
 def test_config_overrides_rebuild_the_recorded_config():

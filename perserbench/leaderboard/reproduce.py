@@ -8,8 +8,11 @@ gap for any method that is installed: it runs the file's method, with the file's
 the file's task, scenarios, shots, seeds and control, sealed as ``perserbench run`` runs it,
 and compares every episode record with the file's, exactly. Runs are deterministic given the
 seeds (the runner re-seeds every step), so any difference means the file is not what this
-code produces: edited, made by other code, or by a method whose results depend on the
-machine. ``perserbench leaderboard reproduce`` is the command.
+code produces here: edited, made by other code, or on another kind of machine (float kernels
+differ between CPU kinds and library versions, and a probability at a decision threshold can
+land on either side: on the committed board, 8 of 1,280 records of a ``consensus`` file written
+on another CPU). The error counts the differing records and names what the file's recorded
+environment says differs. ``perserbench leaderboard reproduce`` is the command.
 """
 
 from __future__ import annotations
@@ -87,8 +90,37 @@ def reproduce(path: Path, resolver: TaskResolver, progress: bool = False) -> Rep
                      result.seeds, overrides, resolver.corpus_options, progress=progress,
                      control=result.method.get("control", "own"))
     expected = json.loads(path.read_text(encoding="utf-8"))["episodes"]
-    difference = first_difference(expected, json.loads(again.to_json())["episodes"])
+    got = json.loads(again.to_json())["episodes"]
+    difference = first_difference(expected, got)
     if difference is not None:
-        raise PerserbenchError(f"{path}: not reproduced: {difference}; this file is not what {name!r} produces "
-                               "here with its recorded config and seeds")
+        raise PerserbenchError(f"{path}: not reproduced: {difference} ({differing_records(expected, got)} of "
+                               f"{len(expected)} episode records differ); this file is not what {name!r} produces "
+                               f"here with its recorded config and seeds{environment_note(result.environment, again.environment)}")
     return Reproduction(path, result, len(expected), again.wall_time_s)
+
+
+def differing_records(expected: list[dict[str, Any]], got: list[dict[str, Any]]) -> int:
+    """How many of the file's episode records the re-run lacks or has otherwise."""
+    def key(record: dict[str, Any]) -> tuple:
+        return tuple(record[field] for field in EPISODE_KEY)
+
+    by_key = {key(r): r for r in got}
+    return sum(by_key.get(key(r)) != r for r in expected)
+
+
+def environment_note(recorded: dict[str, Any], here: dict[str, Any]) -> str:
+    """What differs between the environment a file records and this one, as the end of the error.
+    Why: runs are deterministic on one kind of machine, but float kernels differ between CPU kinds
+    and library versions, and a probability at a decision threshold can land on either side; a few
+    differing records then say "another machine", not "edited"."""
+    keys = ("cpu", "cpu_capability", "torch", "numpy", "python")
+    changed = [f"{k} {recorded[k]!r} there, {here.get(k)!r} here" for k in keys
+               if k in recorded and recorded[k] != here.get(k)]
+    unknown = [k for k in ("cpu", "cpu_capability") if k not in recorded]
+    if changed:
+        return (f"; the file was written elsewhere ({'; '.join(changed)}): float kernels differ between machines, "
+                "so compare on the machine kind it names")
+    if unknown:
+        return (f"; the file does not record its {' or '.join(unknown)} (written before they were recorded): if it "
+                "was written on another kind of CPU, float kernels that differ there explain a few differing records")
+    return ""

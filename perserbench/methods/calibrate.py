@@ -45,6 +45,16 @@ among meta-train annotations (:func:`perserbench.head.positive_weights`); 1 woul
 class's base rate. The likelihood itself stays unweighted, because class-balanced BCE counts a
 rare-class positive up to ``w`` times and a single support item then overrides the prior (see
 the config's ``weighted_loss`` for what that cost on ``synthetic-dev``).
+
+**Pooled with an annotator model** (``annotator_weight``). The transform takes ``C² + 3C``
+numbers per listener, which 20 labels pin only loosely; where listeners differ in base rates
+and in how readily they tick extra classes, a model with ``C + 2`` numbers per listener
+(:mod:`perserbench.annotator`: a log-prior on the primary choice and a tick curve, over an
+evidence head of its own) learns more from the same labels, but it cannot express class
+confusion. Neither is right for every way listeners differ, so the prediction pools both
+logarithmically: each model's log-odds relative to its own decision threshold, averaged with a
+fixed weight chosen on the development corpora. Choosing one model per listener by marginal
+likelihood was tried and does not work (docs/generators.md).
 """
 
 from __future__ import annotations
@@ -145,16 +155,19 @@ class CalibrateConfig:
                                  "macro-F1 styles / confusion / prior-shift: bandwidth 0.25 -> 0.552/0.534/0.581, "
                                  "0.5 -> 0.553/0.536/0.582, 0.75 -> 0.553/0.534/0.584: flat", gt=0)
     annotator_weight: float = _doc(0.25, "weight of the annotator model (perserbench.annotator: a listener as a "
-                                         "log-prior on the primary choice and a tick curve, C + 2 numbers, "
-                                         "posterior from the support) in a logarithmic opinion pool with the "
-                                         "transform: each model's log-odds relative to its own decision threshold, "
-                                         "averaged with this weight; 0 = the transform alone. Mean macro-F1 over "
-                                         "8 cells, development corpora prior-shift / confusion (annotator weight "
-                                         "0 / 0.25 / 0.5 / 0.75 / 1): 0.588/0.598/0.601/0.603/0.598, "
-                                         "0.539/0.541/0.538/0.529/0.517 (benchmarks/annotator_model.py --blend)",
+                                         "log-prior on the primary choice and a tick curve, C + 2 numbers, with an "
+                                         "importance-sampled posterior from the support) in a logarithmic opinion "
+                                         "pool with the transform: each model's log-odds relative to its own "
+                                         "decision threshold, averaged with this weight; 0 = the transform alone. "
+                                         "Mean macro-F1 over 8 cells, development corpora styles / confusion / "
+                                         "prior-shift / styles-uniform, weight 0 -> 0.561/0.539/0.588/0.707, "
+                                         "0.25 -> 0.568/0.542/0.597/0.714, 0.5 -> 0.572/0.536/0.601/0.714: 0.25 is "
+                                         "the only weight at or above the transform alone on every corpus",
                                    ge=0, le=1)
     annotator_members: int = _doc(1000, "population listeners drawn for the annotator model's importance-sampled "
-                                        "posterior (with annotator_weight > 0)", ge=100)
+                                        "posterior (with annotator_weight > 0). Development corpora confusion / "
+                                        "prior-shift at annotator_weight 0.25: 4000 -> 0.541/0.598, 1000 -> "
+                                        "0.542/0.597; adaptation costs in proportion", ge=100)
     newton_steps: int = _doc(30, "upper bound on damped Newton steps per fit; fits stop once every problem has "
                                  "converged (4-12 steps on synthetic-dev)", ge=1)
 LOG_ODDS_FLOOR = 1e-6
@@ -389,7 +402,8 @@ def _log_odds(p: torch.Tensor) -> torch.Tensor:
 
 @register_method("calibrate")
 class Calibrate(Method):
-    """Consensus logits through a listener's class mixing and biases, MAP under an empirical-Bayes prior.
+    """Consensus logits through a listener's class mixing and biases, MAP under an empirical-Bayes prior,
+    pooled with an annotator model's posterior (``annotator_weight``).
 
     The consensus model is frozen; only ``C² + 3C`` numbers per listener are fitted on the
     support, and the prior learned from meta-train listeners decides how far K items may move them."""
