@@ -156,7 +156,7 @@ def selection_records(task: ResolvedTask, settings: Settings = Settings()) -> di
     and the annotator model's. Columns as :data:`SELECTION_COLUMNS`."""
     out: dict[tuple[str, int], list[list[float]]] = {}
     for fold, train, model in fold_models(task, settings):
-        calibrate = create_method("calibrate", seed=_derived_seed(0, fold.index))
+        calibrate = create_method("calibrate", {"annotator_weight": "0"}, seed=_derived_seed(0, fold.index))
         assert isinstance(calibrate, Calibrate)
         torch.manual_seed(_derived_seed(0, fold.index))
         calibrate.meta_fit(train)

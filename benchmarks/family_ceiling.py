@@ -7,7 +7,9 @@ transform family that cannot express the listener even when its parameters are k
 For every K = 20 episode of every fold it scores, on the episode's query (:data:`ROWS`):
 
 * ``consensus`` (the consensus model at 0.5, as on the board);
-* ``calibrate K`` (the method as it runs, on the episode's 20 support items);
+* ``calibrate K`` (the method's transform as it runs, on the episode's 20 support items; the
+  annotator model ``calibrate`` pools it with since it has one is left out,
+  ``annotator_weight = 0``, because the family of the transform is the question);
 * ``calibrate all`` (the same method, its support replaced by *all* of the listener's labels
   in the scenario's pool outside the query: ~440 seen, ~90 unseen; the family's ceiling at
   calibrate's own decision rule);
@@ -61,6 +63,8 @@ from perserbench.tasks import ResolvedTask, load_task
 SHOTS = 20
 ROWS = ("consensus", "calibrate K", "calibrate all", "calibrate K exact", "calibrate all exact", "oracle")
 POPULATION = 2000  # population listeners averaged for the exact base logits
+# The transform family is what this measures: calibrate without its annotator-model pool.
+TRANSFORM_ONLY = {"annotator_weight": "0"}
 
 
 def population_logits(task: ResolvedTask, population: int = POPULATION) -> torch.Tensor:
@@ -103,11 +107,11 @@ def family_ceiling(task: ResolvedTask, shots: int = SHOTS) -> dict[str, dict[str
     scores: dict[str, dict[str, list[float]]] = {}
     for fold in task.folds:
         seed = _derived_seed(0, fold.index)
-        method = create_method("calibrate", seed=seed)
+        method = create_method("calibrate", TRANSFORM_ONLY, seed=seed)
         torch.manual_seed(seed)
         train = MetaTrainSet(task, fold)
         method.meta_fit(train)
-        exact = create_method("calibrate", seed=seed)
+        exact = create_method("calibrate", TRANSFORM_ONLY, seed=seed)
         # The meta-train utterances in MetaTrainSet's order (it keeps no utterance ids).
         exact.fit_prior(train, exact_logits[np.unique(ann.utterance[meta_train_rows(task, fold)])])
         exact.head_ = None  # no consensus model: its predictors are only given exact logits
