@@ -38,13 +38,13 @@ from perserbench.expected_f1 import optimal_thresholds
 from perserbench.head import EmotionHead
 
 EPOCHS = 8  # passes of the joint fit over the meta-train annotations
-MEMBERS = 4000  # population listeners of the importance-sampled posterior
+MEMBERS = 4000  # population listeners of the importance-sampled posterior (calibrate draws its own number)
 REFERENCE_EPISODES = 20  # reference query sets of REFERENCE_QUERY meta-train utterances for the thresholds
 REFERENCE_QUERY = 20
 TICK_INIT = (-1.0, 1.0)  # (α, β) every meta-train listener starts from
-BATCH = 256
-PROBABILITY_FLOOR = 1e-9
-NEGLIGIBLE_WEIGHT = 1e-12  # posterior weight, relative to the heaviest member's, below which a member is dropped  # tick probabilities stay inside (0, 1), so their logs are finite
+BATCH = 256  # annotations per minibatch of the joint fit
+PROBABILITY_FLOOR = 1e-9  # tick probabilities stay inside (0, 1), so their logs are finite
+NEGLIGIBLE_WEIGHT = 1e-12  # posterior weight, relative to the heaviest member's, below which a member is dropped
 
 
 def annotation_probabilities(scores: torch.Tensor, tick: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

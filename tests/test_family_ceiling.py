@@ -16,21 +16,24 @@ from perserbench.tasks import load_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from family_ceiling import ROWS, family_ceiling, main, population_logits
+from family_ceiling import ROWS, TRANSFORM_ONLY, family_ceiling, main, population_logits
 
 
 def test_the_family_ceiling_rows_are_the_board_numbers_and_more_labels_help(tmp_path):
     """On a cut-down styles task: the consensus, calibrate-at-K and oracle rows are exactly what
-    sealed board runs score (same episodes, same seeds, same decisions), and the transform
-    fitted on all of a listener's labels beats consensus where listeners differ."""
+    sealed board runs score (same episodes, same seeds, same decisions; calibrate's transform
+    alone, annotator_weight=0, since the transform family is what the script measures), and the
+    transform fitted on all of a listener's labels beats consensus where listeners differ."""
     path = tmp_path / "small-styles.toml"
     path.write_text(synthetic_task_toml(options='{ seed = 0, generator = "styles" }', scenarios=("unseen",),
                                         shots=(10,), query=20, episodes=2, episode_seed=11))
     task = load_task(path)
     means = family_ceiling(task, shots=10)["unseen"]
     assert list(means) == list(ROWS)
-    for name, method in (("consensus", "consensus"), ("calibrate K", "calibrate"), ("oracle", "oracle")):
-        board = next(r.mean for r in run(method, task, [10]).summary if r.metric == "macro_f1")
+    for name, method, config in (("consensus", "consensus", None), ("calibrate K", "calibrate", TRANSFORM_ONLY),
+                                 ("oracle", "oracle", None)):
+        board = next(r.mean for r in run(method, task, [10], config_overrides=config).summary
+                     if r.metric == "macro_f1")
         assert abs(means[name] - board) < 1e-9, name
     assert means["calibrate all"] > means["consensus"] + 0.02
     assert means["calibrate K exact"] > means["calibrate K"]  # a perfect base model helps the same transform

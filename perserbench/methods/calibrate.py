@@ -167,10 +167,12 @@ class CalibrateConfig:
     annotator_members: int = _doc(1000, "population listeners drawn for the annotator model's importance-sampled "
                                         "posterior (with annotator_weight > 0). Development corpora confusion / "
                                         "prior-shift at annotator_weight 0.25: 4000 -> 0.541/0.598, 1000 -> "
-                                        "0.542/0.597; adaptation costs in proportion", ge=100)
+                                        "0.542/0.597; a support's likelihood costs in proportion", ge=100)
     newton_steps: int = _doc(30, "upper bound on damped Newton steps per fit; fits stop once every problem has "
                                  "converged (4-12 steps on synthetic-dev)", ge=1)
-LOG_ODDS_FLOOR = 1e-6
+
+
+LOG_ODDS_FLOOR = 1e-6  # probabilities pooled in log-odds are kept in [1e-6, 1 - 1e-6]
 GROUP_ELEMENTS = 2**22  # Newton-feature elements per listener group of the prior fit (32 MB in float64)
 
 
@@ -395,8 +397,8 @@ class PooledPredictor:
 
 
 def _log_odds(p: torch.Tensor) -> torch.Tensor:
-    """logit of probabilities kept a float32 step away from 0 and 1 (a probability of exactly 0
-    or 1 would make one model's vote infinite)."""
+    """logit of probabilities kept :data:`LOG_ODDS_FLOOR` away from 0 and 1 (a probability of
+    exactly 0 or 1 would make one model's vote infinite)."""
     return torch.logit(p.clamp(LOG_ODDS_FLOOR, 1.0 - LOG_ODDS_FLOOR))
 
 
