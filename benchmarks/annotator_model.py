@@ -24,6 +24,10 @@ far more from the same K labels. This script asks how much of that a learner get
   on reference episodes of meta-train utterances (20 of 20 items; the median per class), not
   on the query (DESIGN §2).
 
+The model itself lives in :mod:`perserbench.annotator`, since ``calibrate`` pools it with its
+transform (``annotator_weight``); this script measures it alone, and ``--select`` the transform
+alone (``annotator_weight = 0``) beside it.
+
 Prior-shift listeners are exactly this shape (a log-prior and a soft threshold on relative
 evidence); styles and confusion listeners also confuse classes, which it cannot express. It
 runs unsealed in one process: a diagnostic that chooses nothing and is not a board entry.
