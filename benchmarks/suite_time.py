@@ -31,13 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from board_suite import COMPETITORS, HETEROGENEOUS, UNIFORM, Outcome, execute, plan
 
 from perserbench.leaderboard.reproduce import first_difference
+from perserbench.runner import cpu_model
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
-        else platform.processor()
-    return (f"{model}, {len(os.sched_getaffinity(0))} CPU cores available ({os.cpu_count()} on the machine), "
+    return (f"{cpu_model()}, {len(os.sched_getaffinity(0))} CPU cores available ({os.cpu_count()} on the machine), "
             f"Python {platform.python_version()}, torch {torch.__version__}, "
             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
 

@@ -50,19 +50,20 @@ def config_overrides(config: dict[str, Any]) -> dict[str, str]:
     return {key: text(value) for key, value in config.items()}
 
 
+def record_key(record: dict[str, Any]) -> tuple:
+    """Which episode a stored record is (:data:`~perserbench.results.EPISODE_KEY`'s fields)."""
+    return tuple(record[field] for field in EPISODE_KEY)
+
+
 def first_difference(expected: list[dict[str, Any]], got: list[dict[str, Any]]) -> str | None:
     """How the episode records ``got`` first differ from ``expected`` (both as the result file
     stores them), or None when they are identical."""
     if expected == got:
         return None
-
-    def key(record: dict[str, Any]) -> tuple:
-        return tuple(record[field] for field in EPISODE_KEY)
-
-    by_key = {key(r): r for r in got}
+    by_key = {record_key(r): r for r in got}
     for record in expected:
-        other = by_key.get(key(record))
-        fold, listener, scenario, shots, episode, seed = key(record)
+        other = by_key.get(record_key(record))
+        fold, listener, scenario, shots, episode, seed = record_key(record)
         where = f"episode {episode} of listener {listener!r} (fold {fold}, {scenario}, K={shots}, seed {seed})"
         if other is None:
             return f"{where} is in the file but not in the re-run"
@@ -101,11 +102,8 @@ def reproduce(path: Path, resolver: TaskResolver, progress: bool = False) -> Rep
 
 def differing_records(expected: list[dict[str, Any]], got: list[dict[str, Any]]) -> int:
     """How many of the file's episode records the re-run lacks or has otherwise."""
-    def key(record: dict[str, Any]) -> tuple:
-        return tuple(record[field] for field in EPISODE_KEY)
-
-    by_key = {key(r): r for r in got}
-    return sum(by_key.get(key(r)) != r for r in expected)
+    by_key = {record_key(r): r for r in got}
+    return sum(by_key.get(record_key(r)) != r for r in expected)
 
 
 def environment_note(recorded: dict[str, Any], here: dict[str, Any]) -> str:
