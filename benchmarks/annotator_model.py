@@ -58,10 +58,8 @@ from bayes_ceiling import BOARD_ROWS, board_means
 from perserbench.annotator import (
     EPOCHS,
     MEMBERS,
-    REFERENCE_EPISODES,
-    REFERENCE_QUERY,
     Population,
-    fit_annotator_model,
+    fit_annotators,
     reference_thresholds,
 )
 from perserbench.episodes import (
@@ -69,7 +67,6 @@ from perserbench.episodes import (
     LabelledItems,
     MetaTrainSet,
     episode_items,
-    meta_train_rows,
     sample_episodes,
 )
 from perserbench.metalearn import pad_supports
@@ -119,19 +116,14 @@ def fold_models(task: ResolvedTask,
                 settings: Settings = Settings()) -> Iterator[tuple[ListenerFold, MetaTrainSet, FoldModel]]:
     """Each fold with its meta-train set and fitted :class:`FoldModel` (the fold's board method
     seed for the head, the population draw and the reference utterances)."""
-    ann = task.corpus.annotations
     features = torch.from_numpy(np.array(task.features, dtype=np.float32))
     for fold in task.folds:
         seed = _derived_seed(0, fold.index)
         train = MetaTrainSet(task, fold)
-        model = fit_annotator_model(train, seed, settings.epochs, settings.confusion)
+        fitted = fit_annotators(train, seed, settings.members, settings.epochs, settings.confusion)
         with torch.no_grad():
-            evidence = model.head(features).double()
-        rng = np.random.default_rng(seed)
-        population = model.population(settings.members, rng)
-        reference = rng.choice(np.unique(ann.utterance[meta_train_rows(task, fold)]),
-                               REFERENCE_EPISODES * REFERENCE_QUERY, replace=False)
-        yield fold, train, FoldModel(evidence, population, population.marginals(evidence[reference])[0])
+            evidence = fitted.head(features).double()
+        yield fold, train, FoldModel(evidence, fitted.population, fitted.reference_marginals)
 
 
 def annotator_scores(task: ResolvedTask, settings: Settings = Settings()) -> dict[tuple[str, int], dict[str, float]]:

@@ -87,6 +87,10 @@ class Population:
         heard = evidence if self.confusion is None else torch.einsum("nc,mcd->mnd", evidence, self.confusion)
         return heard + self.numbers[:, None, :c]
 
+    def subset(self, members: torch.Tensor) -> Population:
+        """The members selected by ``members`` (a mask or indices), with their confusions."""
+        return Population(self.numbers[members], None if self.confusion is None else self.confusion[members])
+
     def marginals(self, evidence: torch.Tensor,
                   labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Every member's class marginals [M, n, C] on items of ``evidence`` [n, C], and with
@@ -224,15 +228,15 @@ class FittedAnnotators:
         # Members the support has all but ruled out carry no weight a float32 prediction can
         # show; dropping them makes predicting cost what the posterior's effective size does.
         kept = weights > weights.max() * NEGLIGIBLE_WEIGHT
-        members = Population(self.population.numbers[kept],
-                             None if self.population.confusion is None else self.population.confusion[kept])
-        return AnnotatorPosterior(self.head, members, weights[kept] / weights[kept].sum(), thresholds)
+        return AnnotatorPosterior(self.head, self.population.subset(kept), weights[kept] / weights[kept].sum(),
+                                  thresholds)
 
 
-def fit_annotators(train: MetaTrainSet, seed: int, members: int = MEMBERS) -> FittedAnnotators:
-    """:func:`fit_annotator_model` on the meta-train set, ``members`` population listeners and
-    the reference utterances' marginals, all from ``seed``."""
-    model = fit_annotator_model(train, seed)
+def fit_annotators(train: MetaTrainSet, seed: int, members: int = MEMBERS, epochs: int = EPOCHS,
+                   confusion: bool = False) -> FittedAnnotators:
+    """:func:`fit_annotator_model` on the meta-train set (``epochs``, ``confusion`` as there),
+    ``members`` population listeners and the reference utterances' marginals, all from ``seed``."""
+    model = fit_annotator_model(train, seed, epochs, confusion)
     rng = np.random.default_rng(seed)
     population = model.population(members, rng)
     reference = torch.from_numpy(reference_utterances(train, rng))

@@ -390,7 +390,7 @@ class PooledPredictor:
 
     def predict_proba(self, items: Items) -> torch.Tensor:
         with torch.no_grad():
-            transform = _log_odds(self.transform.proba_from_logits(self.transform.head(items.x).double()).double())
+            transform = _log_odds(self.transform.predict_proba(items).double())
             annotator = _log_odds(self.annotator.marginals(items.x)) - _log_odds(torch.from_numpy(
                 self.annotator.thresholds).double())
         return torch.sigmoid((1.0 - self.weight) * transform + self.weight * annotator).float()
