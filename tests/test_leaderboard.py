@@ -792,6 +792,83 @@ def test_reproduce_refuses_an_edited_result_that_validates(toy_inputs, tmp_path,
     assert code == 2 and f"cpu 'Another CPU' there, {result.environment['cpu']!r} here" in " ".join(err.split())
 
 
+def _records(shift: dict[tuple[str, int], float] | None = None, noise: float = 0.0, seed: int = 0) -> list[dict]:
+    """Stored episode records of 8 listeners x 2 cells x 5 episodes; ``shift`` adds to every
+    macro_f1 of a cell, ``noise`` adds N(0, noise) to each record (another machine's floats)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for scenario, shots in (("seen", 5), ("unseen", 5)):
+        for listener in range(8):
+            for episode in range(5):
+                value = 0.5 + 0.03 * listener + (shift or {}).get((scenario, shots), 0.0) + rng.normal(0, noise)
+                out.append({"fold": listener % 2, "listener": f"L{listener}", "scenario": scenario, "shots": shots,
+                            "episode": episode, "seed": 0, "macro_f1": value})
+    return out
+
+
+def test_cell_agreement_accepts_float_noise_and_names_a_shifted_cell():
+    from perserbench.leaderboard.reproduce import cell_agreement
+
+    file = _records()
+    same = cell_agreement(file, _records())
+    assert [(c.scenario, c.shots) for c in same] == [("seen", 5), ("unseen", 5)]
+    assert all(c.equivalent and c.test.mean == 0.0 for c in same)
+    noisy = cell_agreement(file, _records(noise=0.01, seed=1))  # per-listener means move by ~0.0045
+    assert all(c.equivalent for c in noisy), [c.describe() for c in noisy]
+    shifted = cell_agreement(file, _records(shift={("unseen", 5): 0.05}, noise=0.01, seed=1))
+    assert [c.equivalent for c in shifted] == [True, False]
+    assert shifted[1].test.mean == pytest.approx(0.05, abs=0.01)
+    assert shifted[1].describe().startswith("unseen K=5: per-listener mean macro_f1 differs by +0.04")
+
+
+def test_reproduce_accepts_another_machines_file_within_tolerance_only(toy_inputs, tmp_path, cli, monkeypatch):
+    """A file written on another CPU whose re-run here differs by float noise passes, saying how
+    many records differ; one whose cell moved beyond the margin, or any difference on the
+    file's own machine, or --exact, does not."""
+    import perserbench.api
+
+    path = toy_inputs["label-prior"]
+    result = load_result(path)
+    real_evaluate = perserbench.api.evaluate
+
+    def rerun_with(delta: float, cell: tuple[str, int] | None = None):
+        def evaluate(*args, **kwargs):
+            again = real_evaluate(*args, **kwargs)
+            # Another machine's floats: one record per listener of every cell moves a little (or, with
+            # ``cell``, every record of that cell moves by ``delta``).
+            seen: set = set()
+            episodes = []
+            for r in again.episodes:
+                hit = (r.scenario, r.shots) == cell if cell else (r.scenario, r.shots, r.listener) not in seen
+                seen.add((r.scenario, r.shots, r.listener))
+                step = delta * (1 + len(seen) % 3)  # not all alike, as float noise is not
+                episodes.append(dataclasses.replace(r, macro_f1=r.macro_f1 + step) if hit else r)
+            return dataclasses.replace(again, episodes=episodes)
+        monkeypatch.setattr(perserbench.api, "evaluate", evaluate)
+
+    elsewhere = save_result(dataclasses.replace(result, environment={**result.environment, "cpu": "Another CPU"}),
+                            tmp_path / path.name)
+    rerun_with(0.001)
+    code, out, err = cli("leaderboard", "reproduce", elsewhere, "--tasks", toy_inputs["tasks"])
+    text = " ".join(out.split())
+    cells = len({(r.scenario, r.shots) for r in result.episodes})
+    listeners = {(r.scenario, r.shots, r.listener) for r in result.episodes}
+    assert code == 0 and "reproduced within tolerance" in text, err
+    assert f"{len(listeners)} of {len(result.episodes)} episode records differ" in text
+    assert "cpu 'Another CPU' there" in text and f"every one of {cells} cells shown equivalent within ±0.01" in text
+
+    code, _, err = cli("leaderboard", "reproduce", elsewhere, "--tasks", toy_inputs["tasks"], "--exact")
+    assert code == 2 and "not reproduced" in err and "within tolerance" not in err
+    code, _, err = cli("leaderboard", "reproduce", path, "--tasks", toy_inputs["tasks"])  # its own machine
+    assert code == 2 and "not reproduced" in err and "elsewhere" not in err
+
+    rerun_with(0.03, cell=("unseen", 5))
+    code, _, err = cli("leaderboard", "reproduce", elsewhere, "--tasks", toy_inputs["tasks"])
+    line = _one_line_error(" ".join(err.split()))
+    assert code == 2 and "not within tolerance: 1 of" in line and "e.g. unseen K=5: per-listener mean" in line
+    assert "cpu 'Another CPU' there" in line
+
+
 def test_config_overrides_rebuild_the_recorded_config():
     from perserbench.leaderboard.reproduce import config_overrides
     from perserbench.method import config_dict

@@ -13,6 +13,19 @@ differ between CPU kinds and library versions, and a probability at a decision t
 land on either side: on the committed board, 8 of 1,280 records of a ``consensus`` file written
 on another CPU). The error counts the differing records and names what the file's recorded
 environment says differs. ``perserbench leaderboard reproduce`` is the command.
+
+**On another kind of machine** exactness cannot be asked for, and a benchmark whose numbers can
+only be checked on the machine that wrote them cannot be checked by its readers. When the file
+records an environment other than this one (CPU, vector instruction set, torch, numpy, Python)
+or predates recording it, a re-run whose records differ is accepted *within tolerance* if every
+(scenario, K) cell agrees statistically: per test listener, the re-run's mean primary metric
+minus the file's, tested for equivalence (TOST, :func:`~perserbench.stats.equivalence_test`)
+within the board's own negligible difference (:data:`~perserbench.stats.NO_HARM_MARGIN`, the
+margin of its do-no-harm verdicts). A cell not shown equivalent is an error that names it. On
+the same environment any difference stays an error, and ``exact=True`` (``--exact``) asks for
+identity everywhere. What this does not catch: an edit that moves no cell by as much as the
+margin (one listener's records, say) passes on another machine; the message always says how
+many records differ.
 """
 
 from __future__ import annotations
@@ -22,17 +35,54 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from perserbench.errors import PerserbenchError
 from perserbench.leaderboard.validate import TaskResolver, validate_result
-from perserbench.results import EPISODE_KEY, EPISODE_METRICS, RunResult
+from perserbench.results import EPISODE_KEY, EPISODE_METRICS, PRIMARY_METRIC, RunResult
+from perserbench.stats import NO_HARM_MARGIN, EquivalenceTest, equivalence_test
+
+ENVIRONMENT_KEYS = ("cpu", "cpu_capability", "torch", "numpy", "python")
+
+
+@dataclass(frozen=True)
+class CellAgreement:
+    """One (scenario, K) cell of a re-run against its file: the cell's mean primary metric in
+    each (over listeners) and the TOST of the per-listener differences, re-run − file."""
+
+    scenario: str
+    shots: int
+    file_mean: float
+    rerun_mean: float
+    test: EquivalenceTest | None  # None: fewer than 2 listeners, nothing can be shown
+
+    @property
+    def equivalent(self) -> bool:
+        return self.test is not None and self.test.equivalent
+
+    def describe(self) -> str:
+        where = f"{self.scenario} K={self.shots}"
+        if self.test is None:
+            return f"{where}: fewer than 2 listeners, so no agreement can be shown"
+        t = self.test
+        return (f"{where}: per-listener mean {PRIMARY_METRIC} differs by {t.mean:+.4f} "
+                f"({100 * (1 - 2 * t.alpha):.0f}% CI {t.ci_low:+.4f} to {t.ci_high:+.4f}, {t.n} listeners; "
+                f"file {self.file_mean:.4f}, re-run {self.rerun_mean:.4f})")
 
 
 @dataclass(frozen=True)
 class Reproduction:
     path: Path
     result: RunResult
-    episodes: int  # episode records compared, every one identical
+    episodes: int  # episode records compared
     wall_time_s: float
+    differing: int = 0  # records that differ: 0 = reproduced exactly
+    cells: tuple[CellAgreement, ...] = ()  # with differing records: every cell shown equivalent
+    elsewhere: str = ""  # with differing records: how the file's environment differs from this one
+
+    @property
+    def exact(self) -> bool:
+        return self.differing == 0
 
 
 def config_overrides(config: dict[str, Any]) -> dict[str, str]:
@@ -73,9 +123,11 @@ def first_difference(expected: list[dict[str, Any]], got: list[dict[str, Any]]) 
     return f"the re-run has {len(got)} episode records, the file {len(expected)}"
 
 
-def reproduce(path: Path, resolver: TaskResolver, progress: bool = False) -> Reproduction:
+def reproduce(path: Path, resolver: TaskResolver, progress: bool = False, exact: bool = False) -> Reproduction:
     """Re-run the result in ``path`` and compare; a :class:`PerserbenchError` names the first
-    difference (or why the file cannot be re-run)."""
+    difference (or why the file cannot be re-run). A file written in another environment whose
+    records differ is accepted when every cell agrees within tolerance (module docstring),
+    unless ``exact``."""
     from perserbench.api import evaluate
     from perserbench.plugins import describe
 
@@ -93,11 +145,49 @@ def reproduce(path: Path, resolver: TaskResolver, progress: bool = False) -> Rep
     expected = json.loads(path.read_text(encoding="utf-8"))["episodes"]
     got = json.loads(again.to_json())["episodes"]
     difference = first_difference(expected, got)
-    if difference is not None:
-        raise PerserbenchError(f"{path}: not reproduced: {difference} ({differing_records(expected, got)} of "
-                               f"{len(expected)} episode records differ); this file is not what {name!r} produces "
-                               f"here with its recorded config and seeds{environment_note(result.environment, again.environment)}")
-    return Reproduction(path, result, len(expected), again.wall_time_s)
+    if difference is None:
+        return Reproduction(path, result, len(expected), again.wall_time_s)
+    count = differing_records(expected, got)
+    head = f"{path}: not reproduced: {difference} ({count} of {len(expected)} episode records differ)"
+    note = environment_note(result.environment, again.environment)
+    same_episodes = {record_key(r) for r in expected} == {record_key(r) for r in got}
+    if exact or not note or not same_episodes:
+        raise PerserbenchError(f"{head}; this file is not what {name!r} produces here with its recorded config and "
+                               f"seeds{note}")
+    cells = cell_agreement(expected, got)
+    disagreeing = [cell for cell in cells if not cell.equivalent]
+    if disagreeing:
+        worst = max(disagreeing, key=lambda c: -1.0 if c.test is None else abs(c.test.mean))
+        raise PerserbenchError(f"{head}, and not within tolerance: {len(disagreeing)} of {len(cells)} cells not shown "
+                               f"equivalent within ±{NO_HARM_MARGIN} (TOST), e.g. {worst.describe()}{note}")
+    elsewhere = "; ".join(environment_differences(result.environment, again.environment))
+    return Reproduction(path, result, len(expected), again.wall_time_s, count, tuple(cells),
+                        elsewhere or "the file does not record its CPU")
+
+
+def cell_agreement(expected: list[dict[str, Any]], got: list[dict[str, Any]],
+                   margin: float = NO_HARM_MARGIN) -> list[CellAgreement]:
+    """Per (scenario, K) cell, the equivalence of the re-run ``got`` with the file ``expected``
+    (episode records as stored): each test listener's mean primary metric over its episodes and
+    seeds, re-run − file, tested against ``±margin``. Why per listener: listeners are the unit
+    the board's tests resample, and a listener's episodes share its support pool and model."""
+
+    def listener_means(records: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, float]]:
+        cells: dict[tuple[str, int], dict[str, list[float]]] = {}
+        for r in records:
+            cells.setdefault((r["scenario"], r["shots"]), {}).setdefault(r["listener"], []).append(r[PRIMARY_METRIC])
+        return {cell: {who: float(np.mean(v)) for who, v in by.items()} for cell, by in cells.items()}
+
+    before, after = listener_means(expected), listener_means(got)
+    out = []
+    for (scenario, shots), file_means in sorted(before.items()):
+        rerun_means = after.get((scenario, shots), {})
+        listeners = sorted(set(file_means) & set(rerun_means))
+        diffs = [rerun_means[w] - file_means[w] for w in listeners]
+        test = equivalence_test(diffs, margin) if len(diffs) >= 2 else None
+        out.append(CellAgreement(scenario, shots, float(np.mean(list(file_means.values()))),
+                                 float(np.mean(list(rerun_means.values()))) if rerun_means else float("nan"), test))
+    return out
 
 
 def differing_records(expected: list[dict[str, Any]], got: list[dict[str, Any]]) -> int:
@@ -111,9 +201,7 @@ def environment_note(recorded: dict[str, Any], here: dict[str, Any]) -> str:
     Why: runs are deterministic on one kind of machine, but float kernels differ between CPU kinds
     and library versions, and a probability at a decision threshold can land on either side; a few
     differing records then say "another machine", not "edited"."""
-    keys = ("cpu", "cpu_capability", "torch", "numpy", "python")
-    changed = [f"{k} {recorded[k]!r} there, {here.get(k)!r} here" for k in keys
-               if k in recorded and recorded[k] != here.get(k)]
+    changed = environment_differences(recorded, here)
     unknown = [k for k in ("cpu", "cpu_capability") if k not in recorded]
     if changed:
         return (f"; the file was written elsewhere ({'; '.join(changed)}): float kernels differ between machines, "
@@ -122,3 +210,9 @@ def environment_note(recorded: dict[str, Any], here: dict[str, Any]) -> str:
         return (f"; the file does not record its {' or '.join(unknown)} (written before they were recorded): if it "
                 "was written on another kind of CPU, float kernels that differ there explain a few differing records")
     return ""
+
+
+def environment_differences(recorded: dict[str, Any], here: dict[str, Any]) -> list[str]:
+    """What a file's recorded environment says differs from this one ("cpu 'X' there, 'Y' here")."""
+    return [f"{k} {recorded[k]!r} there, {here.get(k)!r} here" for k in ENVIRONMENT_KEYS
+            if k in recorded and recorded[k] != here.get(k)]
