@@ -30,12 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from board_suite import COMPETITORS, HETEROGENEOUS, UNIFORM, Outcome, execute, plan
 
-from perserbench.leaderboard.reproduce import (
-    cell_agreement,
-    differing_records,
-    environment_note,
-    first_difference,
-)
+from perserbench.leaderboard.reproduce import compare_files
 from perserbench.runner import cpu_model
 
 
@@ -65,18 +60,15 @@ def check(outcomes: list[Outcome], new_dir: Path, reference: Path) -> tuple[list
         if not ref.exists():
             bad.append(f"{outcome.file} (no committed file)")
             continue
-        new, old = json.loads((new_dir / outcome.file).read_text()), json.loads(ref.read_text())
-        difference = first_difference(old["episodes"], new["episodes"])
-        if difference is None:
+        comparison = compare_files(json.loads(ref.read_text()), json.loads((new_dir / outcome.file).read_text()))
+        if comparison.difference is None:
             continue
-        count = f"{differing_records(old['episodes'], new['episodes'])} of {len(old['episodes'])} records"
-        cells = cell_agreement(old["episodes"], new["episodes"])
-        elsewhere = environment_note(old.get("environment", {}), new["environment"])
-        if elsewhere and all(cell.equivalent for cell in cells):
-            largest = max(abs(cell.test.mean) for cell in cells if cell.test is not None)
+        count = f"{comparison.differing} of {comparison.records} records"
+        if comparison.within_tolerance:
+            largest = max(abs(cell.test.mean) for cell in comparison.cells if cell.test is not None)
             tolerated.append(f"{outcome.file} ({count}; largest cell difference {largest:.4f})")
         else:
-            bad.append(f"{outcome.file} ({count}; {difference})")
+            bad.append(f"{outcome.file} ({count}; {comparison.difference})")
     return bad, tolerated
 
 

@@ -142,27 +142,59 @@ def reproduce(path: Path, resolver: TaskResolver, progress: bool = False, exact:
     again = evaluate(name, resolver.tasks_dir / f"{result.task_name}.toml", result.shots, result.scenarios,
                      result.seeds, overrides, resolver.corpus_options, progress=progress,
                      control=result.method.get("control", "own"))
-    expected = json.loads(path.read_text(encoding="utf-8"))["episodes"]
-    got = json.loads(again.to_json())["episodes"]
+    comparison = compare_files(json.loads(path.read_text(encoding="utf-8")), json.loads(again.to_json()), exact)
+    if comparison.difference is None:
+        return Reproduction(path, result, comparison.records, again.wall_time_s)
+    head = (f"{path}: not reproduced: {comparison.difference} ({comparison.differing} of {comparison.records} "
+            "episode records differ)")
+    if not comparison.tolerance_applies:
+        raise PerserbenchError(f"{head}; this file is not what {name!r} produces here with its recorded config and "
+                               f"seeds{comparison.note}")
+    if not comparison.within_tolerance:
+        disagreeing = [cell for cell in comparison.cells if not cell.equivalent]
+        worst = max(disagreeing, key=lambda c: -1.0 if c.test is None else abs(c.test.mean))
+        raise PerserbenchError(f"{head}, and not within tolerance: {len(disagreeing)} of {len(comparison.cells)} cells "
+                               f"not shown equivalent within ±{NO_HARM_MARGIN} (TOST), e.g. {worst.describe()}"
+                               f"{comparison.note}")
+    return Reproduction(path, result, comparison.records, again.wall_time_s, comparison.differing, comparison.cells,
+                        comparison.elsewhere)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A re-run's result file against the committed one (both as stored), by the rule of the
+    module docstring."""
+
+    records: int  # the file's episode records
+    difference: str | None  # the first difference; None: identical
+    differing: int  # records that differ
+    note: str  # how the file's recorded environment differs from the re-run's ("" = the same)
+    elsewhere: str  # the same, as a list for a message
+    cells: tuple[CellAgreement, ...]  # per-cell agreement, computed when the tolerance applies
+    exact: bool  # identity was demanded
+
+    @property
+    def tolerance_applies(self) -> bool:
+        """Records differ where they may: another environment, the same episodes, exactness not asked."""
+        return self.difference is not None and bool(self.note) and not self.exact and bool(self.cells)
+
+    @property
+    def within_tolerance(self) -> bool:
+        return self.tolerance_applies and all(cell.equivalent for cell in self.cells)
+
+
+def compare_files(file: dict[str, Any], rerun: dict[str, Any], exact: bool = False) -> Comparison:
+    """Compare a re-run with a result file (both parsed JSON, as stored)."""
+    expected, got = file["episodes"], rerun["episodes"]
     difference = first_difference(expected, got)
     if difference is None:
-        return Reproduction(path, result, len(expected), again.wall_time_s)
-    count = differing_records(expected, got)
-    head = f"{path}: not reproduced: {difference} ({count} of {len(expected)} episode records differ)"
-    note = environment_note(result.environment, again.environment)
+        return Comparison(len(expected), None, 0, "", "", (), exact)
+    recorded, here = file.get("environment", {}), rerun.get("environment", {})
+    note = environment_note(recorded, here)
     same_episodes = {record_key(r) for r in expected} == {record_key(r) for r in got}
-    if exact or not note or not same_episodes:
-        raise PerserbenchError(f"{head}; this file is not what {name!r} produces here with its recorded config and "
-                               f"seeds{note}")
-    cells = cell_agreement(expected, got)
-    disagreeing = [cell for cell in cells if not cell.equivalent]
-    if disagreeing:
-        worst = max(disagreeing, key=lambda c: -1.0 if c.test is None else abs(c.test.mean))
-        raise PerserbenchError(f"{head}, and not within tolerance: {len(disagreeing)} of {len(cells)} cells not shown "
-                               f"equivalent within ±{NO_HARM_MARGIN} (TOST), e.g. {worst.describe()}{note}")
-    elsewhere = "; ".join(environment_differences(result.environment, again.environment))
-    return Reproduction(path, result, len(expected), again.wall_time_s, count, tuple(cells),
-                        elsewhere or "the file does not record its CPU")
+    cells = tuple(cell_agreement(expected, got)) if note and same_episodes and not exact else ()
+    elsewhere = "; ".join(environment_differences(recorded, here)) or "the file does not record its CPU"
+    return Comparison(len(expected), difference, differing_records(expected, got), note, elsewhere, cells, exact)
 
 
 def cell_agreement(expected: list[dict[str, Any]], got: list[dict[str, Any]],
