@@ -61,12 +61,13 @@ def arithmetic_seconds(method: str, task: ResolvedTask, shots: list[int]) -> tup
                 audited, shown = audit_sample(task, episodes, (0, fold.index, SCENARIOS.index(scenario), k))
                 support, query, _ = episode_items(task, audited)
                 model.adapt_many([support])[0].predict_proba(Items(query.x[shown]))
-                for unit in isolation_units(episodes):
+                units_of_cell = isolation_units(episodes)
+                for unit in units_of_cell:
                     items = [episode_items(task, ep) for ep in unit]
                     for predictor, (_, query, _) in zip(model.adapt_many([s for s, _, _ in items]), items, strict=True):
                         predictor.predict_proba(query)
                         predicted += 1
-                units += 1 + len(isolation_units(episodes))
+                units += 1 + len(units_of_cell)
     return time.process_time() - start, units, predicted
 
 

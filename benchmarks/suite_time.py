@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from board_suite import COMPETITORS, HETEROGENEOUS, UNIFORM, Outcome, execute, plan
 
-from perserbench.leaderboard.reproduce import compare_files
+from perserbench.leaderboard.reproduce import compare_files, largest_difference
 from perserbench.runner import cpu_model
 
 
@@ -53,7 +53,7 @@ def busy_cpu_seconds() -> float:
 def check(outcomes: list[Outcome], new_dir: Path, reference: Path) -> tuple[list[str], list[str]]:
     """New results whose episode records differ from (or are missing in) ``reference``: those
     that are not reproduced, and those that differ but were written on another kind of machine
-    and agree within tolerance (``leaderboard reproduce``'s rule, :func:`cell_agreement`)."""
+    and agree within tolerance (``leaderboard reproduce``'s rule, :func:`compare_files`)."""
     bad, tolerated = [], []
     for outcome in outcomes:
         ref = reference / outcome.file
@@ -65,8 +65,8 @@ def check(outcomes: list[Outcome], new_dir: Path, reference: Path) -> tuple[list
             continue
         count = f"{comparison.differing} of {comparison.records} records"
         if comparison.within_tolerance:
-            largest = max(abs(cell.test.mean) for cell in comparison.cells if cell.test is not None)
-            tolerated.append(f"{outcome.file} ({count}; largest cell difference {largest:.4f})")
+            largest = largest_difference(comparison.cells).test
+            tolerated.append(f"{outcome.file} ({count}; largest cell difference {abs(largest.mean):.4f})")
         else:
             bad.append(f"{outcome.file} ({count}; {comparison.difference})")
     return bad, tolerated

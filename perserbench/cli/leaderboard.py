@@ -80,7 +80,7 @@ def reproduce_command(
     passes *within tolerance* when every (scenario, K) cell's per-listener mean macro-F1 is shown
     equivalent (TOST within the board's ±0.01), unless --exact.
     Works for any installed method: a plugin's result can be checked before it is committed."""
-    from perserbench.leaderboard.reproduce import reproduce
+    from perserbench.leaderboard.reproduce import largest_difference, reproduce
     from perserbench.results import find_result_files
     from perserbench.stats import NO_HARM_MARGIN
 
@@ -92,11 +92,10 @@ def reproduce_command(
             console.print(f"reproduced  {path}  ({what}: {done.episodes} episode records identical, re-run in "
                           f"{done.wall_time_s:.1f} s)")
             continue
-        largest = max(done.cells, key=lambda c: abs(c.test.mean) if c.test else 0.0)
         console.print(f"reproduced within tolerance  {path}  ({what}: {done.differing} of {done.episodes} episode "
                       f"records differ, the file written elsewhere ({done.elsewhere}); every one of {len(done.cells)} "
                       f"cells shown equivalent within ±{NO_HARM_MARGIN} (TOST), largest difference "
-                      f"{largest.describe()}; re-run in {done.wall_time_s:.1f} s)")
+                      f"{largest_difference(done.cells).describe()}; re-run in {done.wall_time_s:.1f} s)")
 
 
 @leaderboard_app.command("build")
