@@ -160,7 +160,7 @@ def reproduce(path: Path, resolver: TaskResolver, progress: bool = False, exact:
 
 
 @dataclass(frozen=True)
-class Comparison:
+class RerunComparison:
     """A re-run's result file against the committed one (both as stored), by the rule of the
     module docstring."""
 
@@ -182,18 +182,18 @@ class Comparison:
         return self.tolerance_applies and all(cell.equivalent for cell in self.cells)
 
 
-def compare_files(file: dict[str, Any], rerun: dict[str, Any], exact: bool = False) -> Comparison:
+def compare_files(file: dict[str, Any], rerun: dict[str, Any], exact: bool = False) -> RerunComparison:
     """Compare a re-run with a result file (both parsed JSON, as stored)."""
     expected, got = file["episodes"], rerun["episodes"]
     difference = first_difference(expected, got)
     if difference is None:
-        return Comparison(len(expected), None, 0, "", "", ())
+        return RerunComparison(len(expected), None, 0, "", "", ())
     recorded, here = file.get("environment", {}), rerun.get("environment", {})
     note = environment_note(recorded, here)
     same_episodes = {record_key(r) for r in expected} == {record_key(r) for r in got}
     cells = tuple(cell_agreement(expected, got)) if note and same_episodes and not exact else ()
     elsewhere = "; ".join(environment_differences(recorded, here)) or "the file does not record its CPU"
-    return Comparison(len(expected), difference, differing_records(expected, got), note, elsewhere, cells)
+    return RerunComparison(len(expected), difference, differing_records(expected, got), note, elsewhere, cells)
 
 
 def largest_difference(cells: tuple[CellAgreement, ...] | list[CellAgreement]) -> CellAgreement:
