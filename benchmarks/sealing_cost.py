@@ -10,10 +10,11 @@ whatever the method computes. This script measures it, so the suite's time (issu
 * **sealed**: the CPU the whole machine spends busy over ``perserbench.runner.run`` of the
   method on the task (every fold, both scenarios, every K, seed 0), after a warm-up run has
   started the sealed forkserver (a suite pays that once per worker, not per run);
-* **arithmetic**: the same work in this one process, with no isolation: every fold's
-  ``meta_fit``, then ``adapt_many`` and ``predict_proba`` over exactly the runner's isolation
-  units, plus each cell's audit episode adapted alone (``torch._dynamo`` imported first, as the
-  forkserver preloads it).
+* **arithmetic**: the same work in this one process, with no isolation, in two parts: every
+  fold's ``meta_fit`` (paid per fold), then ``adapt_many`` and ``predict_proba`` over exactly
+  the runner's isolation units plus each cell's audit episode adapted alone (paid per unit)
+  (``torch._dynamo`` imported first, as the forkserver preloads it). ``--arithmetic-only``
+  measures this alone: it is this process's CPU, so two such runs may share 2 cores.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sealing_cost.py --tasks synthetic
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -43,16 +45,35 @@ from perserbench.runner import _derived_seed, audit_sample, isolation_units, run
 from perserbench.tasks import SCENARIOS, ResolvedTask, load_task
 
 
-def arithmetic_seconds(method: str, task: ResolvedTask, shots: list[int]) -> tuple[float, int, int]:
-    """Process CPU of the method's whole run done in this process, the units it adapted (each
-    cell's audit included: the runner forks one for it) and the episodes it predicted (the
-    sealed run's records)."""
+@dataclass(frozen=True)
+class Arithmetic:
+    """A method's whole run done in this process: the CPU of its meta-fits and of its
+    adaptation (``adapt_many`` and ``predict_proba`` over every unit, each cell's audit
+    included), the units it adapted (the runner forks one per unit) and the episodes it
+    predicted (the sealed run's records). Meta-fitting is paid once per fold whatever the
+    protocol's episode count; adaptation and isolation are paid per unit."""
+
+    meta_fit_s: float
+    adapt_s: float
+    units: int
+    predicted: int
+
+    @property
+    def seconds(self) -> float:
+        return self.meta_fit_s + self.adapt_s
+
+
+def arithmetic(method: str, task: ResolvedTask, shots: list[int]) -> Arithmetic:
     torch.set_num_threads(1)
-    start, units, predicted = time.process_time(), 0, 0
+    meta_fit_s = adapt_s = 0.0
+    units = predicted = 0
     for fold in task.folds:
+        start = time.process_time()
         model = get_method(method)(seed=_derived_seed(0, fold.index))
         torch.manual_seed(_derived_seed(0, fold.index))
         model.meta_fit(MetaTrainSet(task, fold))
+        meta_fitted = time.process_time()
+        meta_fit_s += meta_fitted - start
         for scenario in task.spec.episodes.scenarios:
             for k in shots:
                 episodes = sample_episodes(task, fold, scenario, k)
@@ -68,33 +89,41 @@ def arithmetic_seconds(method: str, task: ResolvedTask, shots: list[int]) -> tup
                         predictor.predict_proba(query)
                         predicted += 1
                 units += 1 + len(units_of_cell)
-    return time.process_time() - start, units, predicted
+        adapt_s += time.process_time() - meta_fitted
+    return Arithmetic(meta_fit_s, adapt_s, units, predicted)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="synthetic")
     parser.add_argument("--methods", default=",".join(COMPETITORS))
+    parser.add_argument("--arithmetic-only", action="store_true",
+                        help="skip the sealed runs: only the in-process arithmetic, split into meta-fitting and "
+                             "adaptation (this process's own CPU, so two of these may share a 2-core machine)")
     args = parser.parse_args()
     print(f"machine: {machine()}", flush=True)
     for name in args.tasks.split(","):
         task = load_task(name)
         shots = list(task.spec.episodes.shots)
-        run("consensus", task, shots[:1])  # starts the forkserver: a suite pays it once per worker
-        print(f"{name}: {'method':12s} {'sealed':>8s} {'arithmetic':>10s} {'isolation':>9s} {'share':>6s} "
-              f"{'per unit':>9s}")
-        totals = [0.0, 0.0]
+        if not args.arithmetic_only:
+            run("consensus", task, shots[:1])  # starts the forkserver: a suite pays it once per worker
+        print(f"{name}: {'method':12s} {'sealed':>8s} {'arithmetic':>10s} {'meta_fit':>8s} {'adapt':>7s} "
+              f"{'isolation':>9s} {'share':>6s} {'per unit':>9s}")
+        totals = [0.0, 0.0, 0.0, 0.0]
         for method in args.methods.split(","):
-            before = busy_cpu_seconds()
-            run(method, task, shots)
-            sealed = busy_cpu_seconds() - before
-            alone, units, _ = arithmetic_seconds(method, task, shots)
-            totals[0] += sealed
-            totals[1] += alone
-            print(f"{'':{len(name) + 1}s} {method:12s} {sealed:8.1f} {alone:10.1f} {sealed - alone:9.1f} "
-                  f"{(sealed - alone) / sealed:6.0%} {1000 * (sealed - alone) / units:7.0f}ms", flush=True)
-        print(f"{'':{len(name) + 1}s} {'all':12s} {totals[0]:8.1f} {totals[1]:10.1f} {totals[0] - totals[1]:9.1f} "
-              f"{(totals[0] - totals[1]) / totals[0]:6.0%}")
+            sealed = float("nan")
+            if not args.arithmetic_only:
+                before = busy_cpu_seconds()
+                run(method, task, shots)
+                sealed = busy_cpu_seconds() - before
+            alone = arithmetic(method, task, shots)
+            for i, value in enumerate((sealed, alone.seconds, alone.meta_fit_s, alone.adapt_s)):
+                totals[i] += value
+            print(f"{'':{len(name) + 1}s} {method:12s} {sealed:8.1f} {alone.seconds:10.1f} {alone.meta_fit_s:8.1f} "
+                  f"{alone.adapt_s:7.1f} {sealed - alone.seconds:9.1f} {(sealed - alone.seconds) / sealed:6.0%} "
+                  f"{1000 * (sealed - alone.seconds) / alone.units:7.0f}ms", flush=True)
+        print(f"{'':{len(name) + 1}s} {'all':12s} {totals[0]:8.1f} {totals[1]:10.1f} {totals[2]:8.1f} {totals[3]:7.1f} "
+              f"{totals[0] - totals[1]:9.1f} {(totals[0] - totals[1]) / totals[0]:6.0%}")
 
 
 if __name__ == "__main__":

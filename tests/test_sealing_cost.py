@@ -1,5 +1,6 @@
 """benchmarks/sealing_cost.py's "arithmetic alone" is the sealed run's work without isolation:
-every episode the runner scores, in the runner's units, plus one audit unit per cell."""
+every episode the runner scores, in the runner's units, plus one audit unit per cell; its CPU
+splits into meta-fitting and adaptation."""
 
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ def test_arithmetic_alone_covers_the_sealed_runs_episodes_and_units(tmp_path):
     path = tmp_path / "sealing-cost.toml"
     path.write_text(synthetic_task_toml(name="sealing-cost", scenarios=("seen", "unseen"), shots=(1, 5)))
     task = load_task(path)
-    seconds, units, predicted = sealing_cost.arithmetic_seconds("consensus", task, [1, 5])
+    alone = sealing_cost.arithmetic("consensus", task, [1, 5])
     cells = [sample_episodes(task, fold, scenario, k) for fold in task.folds for scenario in ("seen", "unseen")
              for k in (1, 5)]
-    assert seconds > 0
-    assert units == sum(1 + len(isolation_units(episodes)) for episodes in cells if episodes)
-    assert predicted == len(run("consensus", task, [1, 5]).episodes) == sum(map(len, cells)) > 0
+    assert alone.meta_fit_s > 0 and alone.adapt_s > 0 and alone.seconds == alone.meta_fit_s + alone.adapt_s
+    assert alone.units == sum(1 + len(isolation_units(episodes)) for episodes in cells if episodes)
+    assert alone.predicted == len(run("consensus", task, [1, 5]).episodes) == sum(map(len, cells)) > 0
