@@ -107,23 +107,30 @@ def main() -> None:
         shots = list(task.spec.episodes.shots)
         if not args.arithmetic_only:
             run("consensus", task, shots[:1])  # starts the forkserver: a suite pays it once per worker
-        print(f"{name}: {'method':12s} {'sealed':>8s} {'arithmetic':>10s} {'meta_fit':>8s} {'adapt':>7s} "
-              f"{'isolation':>9s} {'share':>6s} {'per unit':>9s}")
+        header = f"{'arithmetic':>10s} {'meta_fit':>8s} {'adapt':>7s}"
+        if not args.arithmetic_only:
+            header = f"{'sealed':>8s} {header} {'isolation':>9s} {'share':>6s} {'per unit':>9s}"
+        print(f"{name}: {'method':12s} {header}")
         totals = [0.0, 0.0, 0.0, 0.0]
-        for method in args.methods.split(","):
-            sealed = float("nan")
+        for method in (*args.methods.split(","), None):
+            if method is None:  # the task's total
+                sealed, alone, units = totals[0], Arithmetic(totals[2], totals[3], 0, 0), 0
+            else:
+                sealed = 0.0
+                if not args.arithmetic_only:
+                    before = busy_cpu_seconds()
+                    run(method, task, shots)
+                    sealed = busy_cpu_seconds() - before
+                alone = arithmetic(method, task, shots)
+                units = alone.units
+                for i, value in enumerate((sealed, alone.seconds, alone.meta_fit_s, alone.adapt_s)):
+                    totals[i] += value
+            row = f"{alone.seconds:10.1f} {alone.meta_fit_s:8.1f} {alone.adapt_s:7.1f}"
             if not args.arithmetic_only:
-                before = busy_cpu_seconds()
-                run(method, task, shots)
-                sealed = busy_cpu_seconds() - before
-            alone = arithmetic(method, task, shots)
-            for i, value in enumerate((sealed, alone.seconds, alone.meta_fit_s, alone.adapt_s)):
-                totals[i] += value
-            print(f"{'':{len(name) + 1}s} {method:12s} {sealed:8.1f} {alone.seconds:10.1f} {alone.meta_fit_s:8.1f} "
-                  f"{alone.adapt_s:7.1f} {sealed - alone.seconds:9.1f} {(sealed - alone.seconds) / sealed:6.0%} "
-                  f"{1000 * (sealed - alone.seconds) / alone.units:7.0f}ms", flush=True)
-        print(f"{'':{len(name) + 1}s} {'all':12s} {totals[0]:8.1f} {totals[1]:10.1f} {totals[2]:8.1f} {totals[3]:7.1f} "
-              f"{totals[0] - totals[1]:9.1f} {(totals[0] - totals[1]) / totals[0]:6.0%}")
+                isolation = sealed - alone.seconds
+                per_unit = f"{1000 * isolation / units:7.0f}ms" if units else ""
+                row = f"{sealed:8.1f} {row} {isolation:9.1f} {isolation / sealed:6.0%} {per_unit:>9s}"
+            print(f"{'':{len(name) + 1}s} {method or 'all':12s} {row}", flush=True)
 
 
 if __name__ == "__main__":
