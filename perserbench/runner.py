@@ -7,10 +7,11 @@ meta-fitted once, in its own worker process, on that fold's :class:`MetaTrainSet
 of the fold, batched through ``adapt_many``, and is a fresh process that nothing survives.
 Methods receive features and support labels only; the runner alone holds the query truth.
 
-After scoring, the **independence audit** re-adapts a deterministic sample of episodes (one
-per fold and cell) alone in fresh units and compares the predictions with the scored ones. A
-method whose predictions depend on anything but the episode's own support (other listeners'
-supports in the same call, a memory outside the process) fails the run with
+The **independence audit** re-adapts a deterministic sample of episodes (one per fold and
+cell) alone in fresh units, forked first and in flight beside the cell's units, and compares
+their predictions with the scored ones once the cell is scored. A method whose predictions
+depend on anything but the episode's own support (other listeners' supports in the same call,
+a memory outside the unit that grows as the cell's units run) fails the run with
 :class:`AuditError`; nothing is written.
 
 References (:class:`~perserbench.method.ReferenceMethod`, e.g. the synthetic oracle) take an

@@ -32,7 +32,8 @@ processes can. The runner never calls a method in its own process. Instead:
   (:meth:`~perserbench.episodes.MetaTrainSet.sealed_copy`), removed when it stops.
 
 What this does *not* close: code that goes around the API (reads corpus files from disk,
-regenerates the synthetic corpus by calling perserbench, writes a memory to a file). Those
+regenerates the synthetic corpus by calling perserbench, writes a memory to a file or to a
+shared mapping that ``meta_fit`` opens and every unit inherits). Those
 routes are checked after the fact: the runner's independence audit re-adapts a sample of
 episodes alone in fresh units and refuses the run when a prediction changes, and the board
 refuses results above the ceiling (:mod:`perserbench.leaderboard`).

@@ -11,6 +11,7 @@ tolerance. Each trick is also shown to *work* when the method runs unsealed in o
 from __future__ import annotations
 
 import gc
+import mmap
 import os
 import sys
 from pathlib import Path
@@ -349,6 +350,43 @@ def test_an_audit_a_method_can_predict_is_no_audit(toy):
     that recomputes where the audit falls (and pools everywhere else) is caught."""
     with pytest.raises(AuditError, match=r"method 'PoolsWhereNotAudited' failed the independence audit"):
         run(PoolsWhereNotAudited, toy, [1, 5])
+
+
+class RemembersInSharedMemory(_PriorFallback):
+    """Keeps every support label it is shown in an anonymous shared mapping that ``meta_fit``
+    opens, so every unit forked after it writes to and reads the same memory: a channel around
+    the API (no file, no other process) that no process boundary closes, since the mapping is
+    the fold worker's own (docs/sealed-evaluation.md, what the sealing does not close). Within
+    a cell the memory grows unit by unit; the audit re-adapts an episode alone at the end of
+    its cell, when the memory holds more than when that episode was scored."""
+
+    ROWS = 4096
+
+    def meta_fit(self, train: MetaTrainSet) -> None:
+        super().meta_fit(train)
+        self.width_ = (train.x[0].numel(), train.y.shape[1])  # an item's features, flattened; its labels
+        self.shared_ = mmap.mmap(-1, 8 + self.ROWS * sum(self.width_) * 4)  # MAP_SHARED | MAP_ANONYMOUS
+
+    def adapt_many(self, supports: list[LabelledItems]) -> list[_Answer]:
+        d, c = self.width_
+        count = np.frombuffer(self.shared_, dtype=np.int64, count=1)
+        rows = np.frombuffer(self.shared_, dtype=np.float32, offset=8).reshape(self.ROWS, d + c)
+        memory = {row[:d].tobytes(): torch.from_numpy(row[d:].copy()) for row in rows[:count[0]]}
+        out = [_Answer(memory, self.rate_) for _ in supports]  # what earlier units stored
+        for s in supports:
+            for x, y in zip(s.x.to(torch.float32), s.y.to(torch.float32)):
+                if count[0] < self.ROWS:
+                    rows[count[0]] = np.concatenate([x.reshape(-1).numpy(), y.numpy()])
+                    count[0] += 1
+        return out
+
+
+def test_a_memory_shared_between_units_fails_the_audit(toy_solo):
+    """A memory the sealing cannot reach (an OS resource the fold worker holds) still gains
+    only unit by unit, and that is what the audit sees."""
+    assert _unsealed_gain(RemembersInSharedMemory, toy_solo) > 0.03, "the trick must work unsealed"
+    with pytest.raises(AuditError, match=r"method 'RemembersInSharedMemory' failed the independence audit"):
+        run(RemembersInSharedMemory, toy_solo, [1, 5])
 
 
 def test_the_other_listener_control_is_sealed_like_the_own_run(toy, tmp_path):
