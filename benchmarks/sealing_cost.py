@@ -93,6 +93,17 @@ def arithmetic(method: str, task: ResolvedTask, shots: list[int]) -> Arithmetic:
     return Arithmetic(meta_fit_s, adapt_s, units, predicted)
 
 
+def row(label: str, alone: Arithmetic, sealed: float | None) -> str:
+    """One table row: the arithmetic and its split, and, when the sealed run was measured, the
+    isolation (sealed minus arithmetic), its share and its cost per unit (none for a total)."""
+    numbers = f"{alone.seconds:10.1f} {alone.meta_fit_s:8.1f} {alone.adapt_s:7.1f}"
+    if sealed is None:
+        return f"{label:12s} {numbers}"
+    isolation = sealed - alone.seconds
+    per_unit = f"{1000 * isolation / alone.units:7.0f}ms" if alone.units else ""
+    return f"{label:12s} {sealed:8.1f} {numbers} {isolation:9.1f} {isolation / sealed:6.0%} {per_unit:>9s}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="synthetic")
@@ -111,26 +122,23 @@ def main() -> None:
         if not args.arithmetic_only:
             header = f"{'sealed':>8s} {header} {'isolation':>9s} {'share':>6s} {'per unit':>9s}"
         print(f"{name}: {'method':12s} {header}")
-        totals = [0.0, 0.0, 0.0, 0.0]
-        for method in (*args.methods.split(","), None):
-            if method is None:  # the task's total
-                sealed, alone, units = totals[0], Arithmetic(totals[2], totals[3], 0, 0), 0
-            else:
-                sealed = 0.0
-                if not args.arithmetic_only:
-                    before = busy_cpu_seconds()
-                    run(method, task, shots)
-                    sealed = busy_cpu_seconds() - before
-                alone = arithmetic(method, task, shots)
-                units = alone.units
-                for i, value in enumerate((sealed, alone.seconds, alone.meta_fit_s, alone.adapt_s)):
-                    totals[i] += value
-            row = f"{alone.seconds:10.1f} {alone.meta_fit_s:8.1f} {alone.adapt_s:7.1f}"
-            if not args.arithmetic_only:
-                isolation = sealed - alone.seconds
-                per_unit = f"{1000 * isolation / units:7.0f}ms" if units else ""
-                row = f"{sealed:8.1f} {row} {isolation:9.1f} {isolation / sealed:6.0%} {per_unit:>9s}"
-            print(f"{'':{len(name) + 1}s} {method or 'all':12s} {row}", flush=True)
+        indent = " " * (len(name) + 1)  # under "name: "
+
+        sealed_total: float | None = None if args.arithmetic_only else 0.0
+        meta_fit_total = adapt_total = 0.0
+        for method in args.methods.split(","):
+            sealed = None
+            if sealed_total is not None:
+                before = busy_cpu_seconds()
+                run(method, task, shots)
+                sealed = busy_cpu_seconds() - before
+                sealed_total += sealed
+            alone = arithmetic(method, task, shots)
+            meta_fit_total += alone.meta_fit_s
+            adapt_total += alone.adapt_s
+            print(indent, row(method, alone, sealed), flush=True)
+        print(indent, row("all", Arithmetic(meta_fit_total, adapt_total, units=0, predicted=0), sealed_total),
+              flush=True)
 
 
 if __name__ == "__main__":

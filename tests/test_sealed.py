@@ -357,8 +357,8 @@ class RemembersInSharedMemory(_PriorFallback):
     opens, so every unit forked after it writes to and reads the same memory: a channel around
     the API (no file, no other process) that no process boundary closes, since the mapping is
     the fold worker's own (docs/sealed-evaluation.md, what the sealing does not close). Within
-    a cell the memory grows unit by unit; the audit re-adapts an episode alone at the end of
-    its cell, when the memory holds more than when that episode was scored."""
+    a cell the memory grows unit by unit; the audit's lone re-adaptation is forked first, beside
+    the cell's first units, so it holds less than when a later unit's episode was scored."""
 
     ROWS = 4096
 
